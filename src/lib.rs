@@ -1,0 +1,7 @@
+//! engram: a durable streaming memory server.
+//!
+//! Data flows one way: transport -> ingest (validate) -> wal (durable) -> ack;
+//! wal -> ingest workers -> index -> recall. See docs/architecture.md.
+
+pub mod observation;
+pub mod wal;

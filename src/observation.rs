@@ -1,0 +1,73 @@
+//! The observation: what clients stream and the log stores, as an rkyv archive that
+//! readers access in place (zero-copy) after validating it.
+
+use rkyv::rancor;
+
+/// One thing a client observed.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq)]
+pub struct Observation {
+    /// The memory space it belongs to; each space has its own index.
+    pub space: String,
+    /// The client's id for it, unique within the space.
+    pub id: String,
+    pub when_unix_ns: i64,
+    pub confidence: f32,
+    /// The text that was observed.
+    pub what: String,
+    pub embedding: Vec<f32>,
+}
+
+/// A payload that is not a valid archived observation.
+#[derive(Debug, thiserror::Error)]
+#[error("the payload is not a valid observation archive: {0}")]
+pub struct PayloadError(String);
+
+impl Observation {
+    /// The record payload for this observation.
+    pub fn to_payload(&self) -> Vec<u8> {
+        rkyv::to_bytes::<rancor::Error>(self)
+            .expect("archiving into memory cannot fail")
+            .into_vec()
+    }
+
+    /// Views a payload in place. The payload must be 8-byte aligned, as WAL records are.
+    pub fn view(payload: &[u8]) -> Result<&ArchivedObservation, PayloadError> {
+        rkyv::access::<ArchivedObservation, rancor::Error>(payload)
+            .map_err(|e| PayloadError(e.to_string()))
+    }
+
+    /// Copies an archived observation out, for callers that need an owned one.
+    pub fn from_archived(archived: &ArchivedObservation) -> Observation {
+        rkyv::deserialize::<Observation, rancor::Error>(archived)
+            .expect("a validated archive deserializes")
+    }
+}
+
+impl ArchivedObservation {
+    pub fn dimension(&self) -> usize {
+        self.embedding.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trips_through_an_aligned_buffer() {
+        let obs = Observation {
+            space: "notes".into(),
+            id: "n-1".into(),
+            when_unix_ns: 1_700_000_000_000_000_000,
+            confidence: 0.5,
+            what: "saw a heron".into(),
+            embedding: vec![0.25, -1.0, 3.5],
+        };
+        let payload = rkyv::util::AlignedVec::<8>::from_iter(obs.to_payload());
+        let view = Observation::view(&payload).expect("valid");
+        assert_eq!(view.space.as_str(), "notes");
+        assert_eq!(view.dimension(), 3);
+        assert_eq!(Observation::from_archived(view), obs);
+        assert!(Observation::view(&payload[..payload.len() - 4]).is_err());
+    }
+}

@@ -1,0 +1,236 @@
+//! The group committer: one thread that writes every waiting append, syncs once, then
+//! completes each waiter.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::{Result, WalError};
+use super::format::{encode_record, frame_len};
+use super::log::{Entry, Shared};
+use super::lsn::{Lsn, LsnRange};
+use super::segment::{Segment, FIRST_RECORD_OFFSET};
+
+pub(crate) struct AppendRequest {
+    pub entries: Vec<Entry>,
+    /// Bytes the entries take as frames.
+    pub frame_bytes: u64,
+    pub done: oneshot::Sender<Result<LsnRange>>,
+}
+
+pub(crate) struct Committer {
+    shared: Arc<Shared>,
+    receiver: mpsc::Receiver<AppendRequest>,
+    active: Option<Arc<Segment>>,
+    /// Where the next frame goes in the active segment.
+    write_offset: u64,
+    /// Frames encoded but not yet written; they start at `buffer_offset` in the segment.
+    buffer: Vec<u8>,
+    buffer_offset: u64,
+    next_lsn: Lsn,
+    /// Appends whose frames are all encoded, waiting for the sync that covers them.
+    waiting: Vec<(oneshot::Sender<Result<LsnRange>>, LsnRange)>,
+}
+
+impl Committer {
+    pub fn new(
+        shared: Arc<Shared>,
+        receiver: mpsc::Receiver<AppendRequest>,
+        active: Option<(Arc<Segment>, u64)>,
+        next_lsn: Lsn,
+    ) -> Committer {
+        let (active, write_offset) = match active {
+            Some((segment, offset)) => (Some(segment), offset),
+            None => (None, FIRST_RECORD_OFFSET),
+        };
+        Committer {
+            shared,
+            receiver,
+            active,
+            write_offset,
+            buffer: Vec::new(),
+            buffer_offset: write_offset,
+            next_lsn,
+            waiting: Vec::new(),
+        }
+    }
+
+    pub fn run(mut self) {
+        let window = self.shared.config.commit_window;
+        let round_bytes_max = self.shared.config.commit_bytes_max;
+        while let Some(first) = self.receiver.blocking_recv() {
+            if !window.is_zero() {
+                // Like PostgreSQL's commit_delay: trade a little latency for fuller syncs.
+                std::thread::sleep(window);
+            }
+            let mut round_bytes = first.frame_bytes;
+            self.stage(first);
+            while round_bytes < round_bytes_max {
+                let Ok(next) = self.receiver.try_recv() else {
+                    break;
+                };
+                round_bytes += next.frame_bytes;
+                self.stage(next);
+            }
+            self.write_and_sync();
+        }
+        self.write_and_sync();
+    }
+
+    /// Encodes one append into the buffer, rolling to a new segment first if it does not fit.
+    fn stage(&mut self, request: AppendRequest) {
+        if let Some(e) = self.shared.failed() {
+            let _ = request.done.send(Err(e));
+            return;
+        }
+        let fits = self
+            .active
+            .as_ref()
+            .is_some_and(|s| self.write_offset + request.frame_bytes <= s.capacity());
+        if !fits {
+            if let Err(e) = self.roll() {
+                let _ = request.done.send(Err(e));
+                return;
+            }
+        }
+        let segment = self.active.clone().expect("rolled to a segment");
+        let window = segment.header().torn_window_bytes;
+        let first = self.next_lsn;
+        for entry in &request.entries {
+            let len = frame_len(entry.payload.len()) as u64;
+            // Never more than the torn window between two syncs: recovery relies on it.
+            if !self.buffer.is_empty() && self.buffer.len() as u64 + len > window {
+                self.write_and_sync();
+                if let Some(e) = self.shared.failed() {
+                    let _ = request.done.send(Err(e));
+                    return;
+                }
+            }
+            encode_record(
+                &mut self.buffer,
+                segment.header().salt,
+                self.next_lsn,
+                entry.kind,
+                &entry.payload,
+            );
+            self.next_lsn = self.next_lsn.next();
+            self.write_offset += len;
+        }
+        debug_assert_eq!(
+            self.buffer_offset + self.buffer.len() as u64,
+            self.write_offset
+        );
+        let c = &self.shared.counters;
+        c.appends.fetch_add(1, Ordering::Relaxed);
+        c.records
+            .fetch_add(request.entries.len() as u64, Ordering::Relaxed);
+        self.waiting.push((
+            request.done,
+            LsnRange {
+                first,
+                last: self.next_lsn.prev(),
+            },
+        ));
+    }
+
+    /// Writes the buffer, syncs, publishes the durable LSN and completes the waiters.
+    fn write_and_sync(&mut self) {
+        if self.buffer.is_empty() && self.waiting.is_empty() {
+            return;
+        }
+        if self.shared.failure.get().is_some() {
+            return self.fail_waiting();
+        }
+        let segment = self
+            .active
+            .clone()
+            .expect("frames are staged into a segment");
+        let file = segment.file();
+        if let Err(e) = file.write_all_at(&self.buffer, self.buffer_offset) {
+            return self.latch(format!(
+                "write to {} at offset {} failed: {e}",
+                segment.name(),
+                self.buffer_offset
+            ));
+        }
+        if let Err(e) = file.sync_data() {
+            // fsyncgate: after a failed fsync the kernel may have dropped the dirty pages
+            // and a retry can "succeed" without them. Never retry; never acknowledge.
+            return self.latch(format!("fdatasync of {} failed: {e}", segment.name()));
+        }
+        let c = &self.shared.counters;
+        c.bytes_written
+            .fetch_add(self.buffer.len() as u64, Ordering::Relaxed);
+        c.syncs.fetch_add(1, Ordering::Relaxed);
+        self.buffer_offset += self.buffer.len() as u64;
+        self.buffer.clear();
+        let durable = self.next_lsn.prev();
+        self.shared.durable.send_replace(durable);
+        for (done, range) in self.waiting.drain(..) {
+            debug_assert!(range.last <= durable);
+            let _ = done.send(Ok(range));
+        }
+    }
+
+    /// Closes the active segment (everything in it synced) and creates the next one.
+    /// Running out of space is not a failure of the log: the append gets a retryable error.
+    fn roll(&mut self) -> Result<()> {
+        self.write_and_sync();
+        if let Some(e) = self.shared.failed() {
+            return Err(e);
+        }
+        let shared = &self.shared;
+        match Segment::create(
+            shared.storage.as_ref(),
+            &shared.dir,
+            self.next_lsn,
+            &shared.config,
+        ) {
+            Ok(segment) => {
+                let segment = Arc::new(segment);
+                let mut segments = shared.segments.write().expect("segment list lock");
+                // An empty last segment with the same first LSN was just replaced by rename.
+                if segments
+                    .last()
+                    .is_some_and(|s| s.first_lsn() == segment.first_lsn())
+                {
+                    segments.pop();
+                }
+                segments.push(segment.clone());
+                drop(segments);
+                shared
+                    .counters
+                    .segments_created
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(segment = segment.name(), "rolled to a new WAL segment");
+                self.active = Some(segment);
+                self.write_offset = FIRST_RECORD_OFFSET;
+                self.buffer_offset = FIRST_RECORD_OFFSET;
+                Ok(())
+            }
+            Err(e @ WalError::StorageFull { .. }) => {
+                tracing::warn!(error = %e, "cannot create the next WAL segment");
+                Err(e)
+            }
+            Err(e) => {
+                self.latch(e.to_string());
+                Err(self.shared.failed().expect("just latched"))
+            }
+        }
+    }
+
+    fn latch(&mut self, cause: String) {
+        if self.shared.failure.set(cause.clone()).is_ok() {
+            tracing::error!(%cause, "the WAL failed; it accepts no more appends until restarted");
+        }
+        self.fail_waiting();
+    }
+
+    fn fail_waiting(&mut self) {
+        self.buffer.clear();
+        for (done, _) in self.waiting.drain(..) {
+            let _ = done.send(Err(self.shared.failed().expect("failure is latched")));
+        }
+    }
+}

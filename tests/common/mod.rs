@@ -1,0 +1,51 @@
+//! Helpers shared by the WAL integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use engram::wal::{scan_log, Entry, LogFiles, LogScan, Lsn, OsStorage, RecordKind, WalConfig};
+
+/// A config with small segments, so tests roll over segments often.
+pub fn small_config(segment_bytes: u64) -> WalConfig {
+    WalConfig {
+        segment_bytes,
+        commit_bytes_max: 8 << 10,
+        record_payload_bytes_max: 4 << 10,
+        ..WalConfig::default()
+    }
+}
+
+/// A payload that names its writer and sequence, so a test can tell every record apart
+/// and check its bytes after recovery.
+pub fn payload(writer: u32, seq: u32, len: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(len.max(8));
+    p.extend_from_slice(&writer.to_le_bytes());
+    p.extend_from_slice(&seq.to_le_bytes());
+    let mut x = (writer as u64) << 32 | seq as u64;
+    while p.len() < len {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        p.push((x >> 56) as u8);
+    }
+    p
+}
+
+pub fn entry(writer: u32, seq: u32, len: usize) -> Entry {
+    Entry {
+        kind: RecordKind::Observation,
+        payload: payload(writer, seq, len),
+    }
+}
+
+/// Every record in the log at `dir` as (LSN, payload), read with the library's scanner.
+pub fn read_all(dir: &Path) -> (Vec<(Lsn, Vec<u8>)>, LogScan) {
+    let files = LogFiles::open(&OsStorage, dir, false).expect("open log files");
+    let mut records = Vec::new();
+    let scan = scan_log(
+        &files,
+        |r| records.push((r.record.lsn, r.record.payload.to_vec())),
+        |_| {},
+    );
+    (records, scan)
+}
