@@ -63,7 +63,8 @@ mod tests {
             what: "saw a heron".into(),
             embedding: vec![0.25, -1.0, 3.5],
         };
-        let payload = rkyv::util::AlignedVec::<8>::from_iter(obs.to_payload());
+        let mut payload = rkyv::util::AlignedVec::<8>::new();
+        payload.extend_from_slice(&obs.to_payload());
         let view = Observation::view(&payload).expect("valid");
         assert_eq!(view.space.as_str(), "notes");
         assert_eq!(view.dimension(), 3);

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::{Result, WalError};
-use super::format::{encode_record, frame_len};
+use super::format::{
+    aligned_commit_end, encode_padding, encode_record, frame_len, RECORD_HEADER_BYTES,
+};
 use super::log::{Entry, Shared};
 use super::lsn::{Lsn, LsnRange};
 use super::segment::{Segment, FIRST_RECORD_OFFSET};
@@ -146,6 +148,7 @@ impl Committer {
             .active
             .clone()
             .expect("frames are staged into a segment");
+        self.pad_to_page(&segment);
         let file = segment.file();
         if let Err(e) = file.write_all_at(&self.buffer, self.buffer_offset) {
             return self.latch(format!(
@@ -171,6 +174,19 @@ impl Committer {
             debug_assert!(range.last <= durable);
             let _ = done.send(Ok(range));
         }
+    }
+
+    /// Ends the commit on a page boundary, so the next commit never rewrites a page that
+    /// holds synced bytes.
+    fn pad_to_page(&mut self, segment: &Segment) {
+        let end = self.buffer_offset + self.buffer.len() as u64;
+        let target = aligned_commit_end(end, segment.capacity());
+        let gap = (target - end) as usize;
+        if gap >= RECORD_HEADER_BYTES {
+            encode_padding(&mut self.buffer, segment.header().salt, self.next_lsn, gap);
+        }
+        // A gap too small for a frame header is the segment's zero end: it is full.
+        self.write_offset = target;
     }
 
     /// Closes the active segment (everything in it synced) and creates the next one.

@@ -5,12 +5,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::WalError;
-use super::format::{frame_len, RECORD_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES};
+use super::format::{frame_len, COMMIT_ALIGN_BYTES, RECORD_PAYLOAD_BYTES_MAX};
+use super::segment::FIRST_RECORD_OFFSET;
 use super::storage::Preallocation;
 
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 /// Small enough for tests that want many segments, large enough for one record.
-pub const SEGMENT_BYTES_MIN: u64 = 16 << 10;
+pub const SEGMENT_BYTES_MIN: u64 = 8 << 10;
 pub const COMMIT_BYTES_MAX_DEFAULT: u64 = 4 << 20;
 pub const COMMIT_QUEUE_APPENDS_MAX_DEFAULT: usize = 4096;
 pub const RECORD_PAYLOAD_BYTES_MAX_DEFAULT: u32 = 1 << 20;
@@ -73,19 +74,20 @@ impl WalConfig {
     /// The most bytes one append may take: it must fit in one empty segment, since an
     /// append is never split across segments.
     pub fn append_bytes_max(&self) -> u64 {
-        self.segment_bytes - SEGMENT_HEADER_BYTES as u64
+        self.segment_bytes - FIRST_RECORD_OFFSET
     }
 
-    /// Most bytes written to a segment between two syncs: what a torn tail can span.
+    /// Most bytes written to a segment between two syncs: what a torn tail can span. The
+    /// committer writes at most this much of frames, plus the padding to a page boundary.
     pub fn torn_window_bytes(&self) -> u64 {
-        self.commit_bytes_max.max(self.frame_bytes_max())
+        self.commit_bytes_max.max(self.frame_bytes_max()) + 2 * COMMIT_ALIGN_BYTES
     }
 
     pub fn validate(&self) -> Result<(), WalError> {
         let fail = |msg: String| Err(WalError::Config(msg));
-        if self.segment_bytes < SEGMENT_BYTES_MIN || self.segment_bytes % 4096 != 0 {
+        if self.segment_bytes < SEGMENT_BYTES_MIN || self.segment_bytes % COMMIT_ALIGN_BYTES != 0 {
             return fail(format!(
-                "segment_bytes must be a multiple of 4096 and at least {SEGMENT_BYTES_MIN}, got {}",
+                "segment_bytes must be a multiple of {COMMIT_ALIGN_BYTES} and at least {SEGMENT_BYTES_MIN}, got {}",
                 self.segment_bytes
             ));
         }

@@ -18,6 +18,13 @@ pub const RECORD_ALIGN_BYTES: usize = 8;
 /// The largest payload the format accepts. A length field above it is read as damage, never
 /// as an instruction to look that far, so a flipped high bit cannot send the reader astray.
 pub const RECORD_PAYLOAD_BYTES_MAX: u32 = 4 << 20;
+/// Every commit ends on this boundary (padded by a padding frame), and records start on the
+/// first one after the header. So a write never touches a page that holds synced bytes: a
+/// torn or garbled write after power loss can only damage the commit that was in flight.
+pub const COMMIT_ALIGN_BYTES: u64 = 4096;
+/// The kind of a padding frame: it fills a commit up to `COMMIT_ALIGN_BYTES`, carries the
+/// LSN the next record will have, and consumes none.
+const PADDING_KIND: u16 = 0xFFFF;
 
 /// What a record's payload holds. An unknown kind with a valid checksum was written by a
 /// newer version: it is reported, never skipped.
@@ -162,6 +169,8 @@ impl SegmentHeader {
 /// 24+n    p   zero padding, p = (8 - (24 + n) % 8) % 8
 /// ```
 ///
+/// A padding frame has kind 0xFFFF, zero payload bytes, and the LSN of the next record.
+///
 /// An all-zero header marks the end of the written part of a preallocated segment: a real
 /// record never has LSN zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,6 +194,32 @@ impl RecordHeader {
             reserved: le_u32(b, 20),
         }
     }
+}
+
+/// Where a commit that ends at `end` must end after padding: the next `COMMIT_ALIGN_BYTES`
+/// boundary (one further if the gap cannot hold a frame header), or the segment's end.
+pub fn aligned_commit_end(end: u64, capacity: u64) -> u64 {
+    let mut target = end.next_multiple_of(COMMIT_ALIGN_BYTES);
+    if target > end && target - end < RECORD_HEADER_BYTES as u64 {
+        target += COMMIT_ALIGN_BYTES;
+    }
+    target.min(capacity)
+}
+
+/// Appends a padding frame of exactly `len` bytes (at least a header, a multiple of 8).
+pub fn encode_padding(out: &mut Vec<u8>, salt: u64, next_lsn: Lsn, len: usize) {
+    assert!(
+        len >= RECORD_HEADER_BYTES && len % RECORD_ALIGN_BYTES == 0,
+        "bad padding length {len}"
+    );
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 4]);
+    out.extend_from_slice(&((len - RECORD_HEADER_BYTES) as u32).to_le_bytes());
+    out.extend_from_slice(&next_lsn.0.to_le_bytes());
+    out.extend_from_slice(&PADDING_KIND.to_le_bytes());
+    out.resize(start + len, 0);
+    let crc = frame_checksum(salt, &out[start..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Bytes a frame with this payload takes, padding included.
@@ -282,6 +317,10 @@ impl fmt::Display for InvalidRecord {
 #[derive(Clone, Debug)]
 pub enum Decoded<'a> {
     Record(RecordRef<'a>),
+    /// A padding frame: skip `frame_len` bytes; the next record has the same expected LSN.
+    Padding {
+        frame_len: usize,
+    },
     /// An all-zero header, or too few bytes left for a header that are all zero:
     /// nothing was written here.
     End,
@@ -342,6 +381,9 @@ pub fn decode_record(bytes: &[u8], salt: u64, expected: Lsn) -> Decoded<'_> {
             reserved: header.reserved,
         });
     }
+    if header.kind == PADDING_KIND {
+        return Decoded::Padding { frame_len: len };
+    }
     let Some(kind) = RecordKind::from_u16(header.kind) else {
         return Decoded::Invalid(InvalidRecord::UnknownKind { kind: header.kind });
     };
@@ -366,10 +408,8 @@ pub fn is_valid_record_at(bytes: &[u8], salt: u64, min_lsn: Lsn) -> bool {
         return false;
     }
     let header = RecordHeader::parse(&bytes[..RECORD_HEADER_BYTES]);
-    if header.lsn < min_lsn
-        || header.payload_len > RECORD_PAYLOAD_BYTES_MAX
-        || RecordKind::from_u16(header.kind).is_none()
-    {
+    let known_kind = header.kind == PADDING_KIND || RecordKind::from_u16(header.kind).is_some();
+    if header.lsn < min_lsn || header.payload_len > RECORD_PAYLOAD_BYTES_MAX || !known_kind {
         return false;
     }
     let len = frame_len(header.payload_len as usize);
@@ -458,5 +498,34 @@ mod tests {
         ));
         assert!(is_valid_record_at(&out, 9, Lsn(1)));
         assert!(!is_valid_record_at(&out, 9, Lsn(2)));
+    }
+
+    #[test]
+    fn padding_fills_a_commit_to_the_next_page_and_consumes_no_lsn() {
+        assert_eq!(aligned_commit_end(4096, 1 << 20), 4096);
+        assert_eq!(aligned_commit_end(4100, 1 << 20), 8192);
+        assert_eq!(
+            aligned_commit_end(8192 - 16, 1 << 20),
+            12288,
+            "a 16-byte gap cannot hold a frame"
+        );
+        assert_eq!(
+            aligned_commit_end(8192 - 16, 8192),
+            8192,
+            "never past the segment"
+        );
+        let mut out = Vec::new();
+        encode_padding(&mut out, 3, Lsn(9), 4000);
+        assert_eq!(out.len(), 4000);
+        let decoded = decode_record(&out, 3, Lsn(9));
+        assert!(
+            matches!(decoded, Decoded::Padding { frame_len: 4000 }),
+            "{decoded:?}"
+        );
+        assert!(matches!(
+            decode_record(&out, 3, Lsn(10)),
+            Decoded::Invalid(InvalidRecord::UnexpectedLsn { .. })
+        ));
+        assert!(is_valid_record_at(&out, 3, Lsn(9)));
     }
 }

@@ -124,6 +124,7 @@ impl RecordCursor {
                     self.next_lsn = self.next_lsn.next();
                     return Ok(Some(record));
                 }
+                Decoded::Padding { frame_len } => self.offset += frame_len,
                 Decoded::End | Decoded::Incomplete { .. } => {
                     // A durable record that is not here must start the next segment.
                     let next = self.segment_starting_at(self.next_lsn).ok_or_else(|| {
@@ -186,6 +187,10 @@ impl RecordCursor {
         while lsn < self.next_lsn {
             match decode_record(&segment.bytes()[offset..], segment.header().salt, lsn) {
                 Decoded::Record(r) => offset += r.frame_len,
+                Decoded::Padding { frame_len } => {
+                    offset += frame_len;
+                    continue;
+                }
                 Decoded::Invalid(invalid) => {
                     self.offset = offset;
                     return Err(self.corruption(&segment, CorruptionReason::Record(invalid)));

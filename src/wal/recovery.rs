@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::config::{RecoveryMode, WalConfig};
 use super::error::{Result, WalError};
+use super::format::{aligned_commit_end, encode_padding, RECORD_HEADER_BYTES};
 use super::lsn::Lsn;
 use super::repair::{repair_locked, zero_range, RepairAction, RepairReport};
 use super::scan::{scan_log, LogFiles, TornTail};
@@ -103,7 +104,11 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, config: &WalConfig) -> 
         }
         // A segment cut short by an older repair is not preallocated to its end any more.
         if last_scan.file_bytes == last.capacity() {
-            append_offset = Some(last_scan.valid_end);
+            append_offset = Some(pad_tail_to_page(
+                last,
+                last_scan.valid_end,
+                last_scan.next_lsn,
+            )?);
         }
     }
     let report = RecoveryReport {
@@ -126,4 +131,22 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, config: &WalConfig) -> 
         next_lsn,
         report,
     })
+}
+
+/// Pads the last segment from `end` to the next page boundary and syncs, so that appends
+/// resume on a fresh page. A tail that ends mid-page holds records of a commit that was
+/// torn by the crash and kept; once padded here they are never rewritten.
+fn pad_tail_to_page(segment: &Segment, end: u64, next_lsn: Lsn) -> Result<u64> {
+    let target = aligned_commit_end(end, segment.capacity());
+    let gap = (target - end) as usize;
+    if gap >= RECORD_HEADER_BYTES {
+        let mut padding = Vec::with_capacity(gap);
+        encode_padding(&mut padding, segment.header().salt, next_lsn, gap);
+        let file = segment.file();
+        file.write_all_at(&padding, end)
+            .map_err(|e| WalError::io("padding the recovered tail", e))?;
+        file.sync_data()
+            .map_err(|e| WalError::io("syncing the recovered tail", e))?;
+    }
+    Ok(target)
 }

@@ -73,6 +73,7 @@ pub fn scan_segment<'a>(
                 expected = expected.next();
                 records += 1;
             }
+            Decoded::Padding { frame_len } => offset += frame_len,
             other => break other,
         }
     };
@@ -128,7 +129,9 @@ fn judge_end(
             }
             None => CorruptionReason::TrailingGarbage { bytes: written },
         },
-        Decoded::Record(_) => unreachable!("a scan stops only at a non-record"),
+        Decoded::Record(_) | Decoded::Padding { .. } => {
+            unreachable!("a scan stops only at a non-frame")
+        }
     };
     if !is_last {
         if matches!(stop, Decoded::End) && written == 0 {

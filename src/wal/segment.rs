@@ -171,5 +171,7 @@ impl Segment {
     }
 }
 
-/// Where records start in every segment.
-pub const FIRST_RECORD_OFFSET: u64 = SEGMENT_HEADER_BYTES as u64;
+/// Where records start in every segment: the page after the header, so no commit ever
+/// rewrites the page that holds the header.
+pub const FIRST_RECORD_OFFSET: u64 = super::format::COMMIT_ALIGN_BYTES;
+const _: () = assert!(SEGMENT_HEADER_BYTES as u64 <= FIRST_RECORD_OFFSET);
