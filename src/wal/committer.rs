@@ -8,7 +8,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::error::{Result, WalError};
 use super::format::{
-    aligned_commit_end, encode_padding, encode_record, frame_len, RECORD_HEADER_BYTES,
+    aligned_commit_end, commit_frames_max, encode_padding, encode_record, frame_len,
+    RECORD_HEADER_BYTES,
 };
 use super::log::{Entry, Shared};
 use super::lsn::{Lsn, LsnRange};
@@ -97,12 +98,12 @@ impl Committer {
             }
         }
         let segment = self.active.clone().expect("rolled to a segment");
-        let window = segment.header().torn_window_bytes;
+        let frames_max = commit_frames_max(segment.header().torn_window_bytes);
         let first = self.next_lsn;
         for entry in &request.entries {
             let len = frame_len(entry.payload.len()) as u64;
             // Never more than the torn window between two syncs: recovery relies on it.
-            if !self.buffer.is_empty() && self.buffer.len() as u64 + len > window {
+            if !self.buffer.is_empty() && self.buffer.len() as u64 + len > frames_max {
                 self.write_and_sync();
                 if let Some(e) = self.shared.failed() {
                     let _ = request.done.send(Err(e));

@@ -80,7 +80,9 @@ impl WalConfig {
     /// Most bytes written to a segment between two syncs: what a torn tail can span. The
     /// committer writes at most this much of frames, plus the padding to a page boundary.
     pub fn torn_window_bytes(&self) -> u64 {
-        self.commit_bytes_max.max(self.frame_bytes_max()) + 2 * COMMIT_ALIGN_BYTES
+        let window = self.commit_bytes_max.max(self.frame_bytes_max()) + 2 * COMMIT_ALIGN_BYTES;
+        debug_assert!(super::format::commit_frames_max(window) >= self.frame_bytes_max());
+        window
     }
 
     pub fn validate(&self) -> Result<(), WalError> {

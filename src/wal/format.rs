@@ -206,6 +206,14 @@ pub fn aligned_commit_end(end: u64, capacity: u64) -> u64 {
     target.min(capacity)
 }
 
+/// Most frame bytes one commit may write to a segment whose header says `torn_window_bytes`:
+/// the window also covers the padding to the next boundary (less than two boundaries).
+pub fn commit_frames_max(torn_window_bytes: u64) -> u64 {
+    torn_window_bytes
+        .saturating_sub(2 * COMMIT_ALIGN_BYTES)
+        .max(1)
+}
+
 /// Appends a padding frame of exactly `len` bytes (at least a header, a multiple of 8).
 pub fn encode_padding(out: &mut Vec<u8>, salt: u64, next_lsn: Lsn, len: usize) {
     assert!(
