@@ -82,10 +82,22 @@ impl Committer {
     }
 
     /// Encodes one append into the buffer, rolling to a new segment first if it does not fit.
+    ///
+    /// A page that holds bytes of an acknowledged append is never written again: every
+    /// commit that completes appends ends padded to a page boundary. An append larger than
+    /// one commit may hold is written in chunks that complete nothing until the last.
     fn stage(&mut self, request: AppendRequest) {
         if let Some(e) = self.shared.failed() {
             let _ = request.done.send(Err(e));
             return;
+        }
+        if let Some(segment) = self.active.clone() {
+            let frames_max = commit_frames_max(segment.header().torn_window_bytes);
+            if !self.buffer.is_empty()
+                && self.buffer.len() as u64 + request.frame_bytes > frames_max
+            {
+                self.write_and_sync();
+            }
         }
         let fits = self
             .active
@@ -97,6 +109,10 @@ impl Committer {
                 return;
             }
         }
+        if let Some(e) = self.shared.failed() {
+            let _ = request.done.send(Err(e));
+            return;
+        }
         let segment = self.active.clone().expect("rolled to a segment");
         let frames_max = commit_frames_max(segment.header().torn_window_bytes);
         let first = self.next_lsn;
@@ -104,8 +120,7 @@ impl Committer {
             let len = frame_len(entry.payload.len()) as u64;
             // Never more than the torn window between two syncs: recovery relies on it.
             if !self.buffer.is_empty() && self.buffer.len() as u64 + len > frames_max {
-                self.write_and_sync();
-                if let Some(e) = self.shared.failed() {
+                if let Err(e) = self.write_chunk(&segment) {
                     let _ = request.done.send(Err(e));
                     return;
                 }
@@ -175,6 +190,33 @@ impl Committer {
             debug_assert!(range.last <= durable);
             let _ = done.send(Ok(range));
         }
+    }
+
+    /// Writes and syncs the frames of an append too large for one commit, completing nothing:
+    /// only the commit that holds the append's last frame acknowledges it.
+    fn write_chunk(&mut self, segment: &Segment) -> Result<()> {
+        debug_assert!(
+            self.waiting.is_empty(),
+            "earlier appends were committed on their own"
+        );
+        let file = segment.file();
+        let written = file
+            .write_all_at(&self.buffer, self.buffer_offset)
+            .and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            self.latch(format!(
+                "writing part of a large append to {} failed: {e}",
+                segment.name()
+            ));
+            return Err(self.shared.failed().expect("just latched"));
+        }
+        let c = &self.shared.counters;
+        c.bytes_written
+            .fetch_add(self.buffer.len() as u64, Ordering::Relaxed);
+        c.syncs.fetch_add(1, Ordering::Relaxed);
+        self.buffer_offset += self.buffer.len() as u64;
+        self.buffer.clear();
+        Ok(())
     }
 
     /// Ends the commit on a page boundary, so the next commit never rewrites a page that

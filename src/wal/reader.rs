@@ -106,7 +106,7 @@ impl RecordCursor {
         loop {
             let segment = self.segment.clone().expect("located");
             match decode_record(
-                &segment.bytes()[self.offset..],
+                segment.bytes_from(self.offset),
                 segment.header().salt,
                 self.next_lsn,
             ) {
@@ -185,7 +185,7 @@ impl RecordCursor {
         let mut offset = FIRST_RECORD_OFFSET as usize;
         let mut lsn = segment.first_lsn();
         while lsn < self.next_lsn {
-            match decode_record(&segment.bytes()[offset..], segment.header().salt, lsn) {
+            match decode_record(segment.bytes_from(offset), segment.header().salt, lsn) {
                 Decoded::Record(r) => offset += r.frame_len,
                 Decoded::Padding { frame_len } => {
                     offset += frame_len;

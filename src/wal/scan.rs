@@ -57,7 +57,7 @@ pub fn scan_segment<'a>(
 ) -> SegmentScan {
     let bytes = segment.bytes();
     let salt = segment.header().salt;
-    let mut offset = FIRST_RECORD_OFFSET as usize;
+    let mut offset = (FIRST_RECORD_OFFSET as usize).min(bytes.len());
     let mut expected = segment.first_lsn();
     let mut records = 0u64;
     let stop = loop {

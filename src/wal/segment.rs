@@ -162,6 +162,12 @@ impl Segment {
         self.map.as_slice()
     }
 
+    /// The bytes from `offset` to the end of the file; empty past the end (a file cut short
+    /// by damage may end before its first record).
+    pub fn bytes_from(&self, offset: usize) -> &[u8] {
+        self.bytes().get(offset..).unwrap_or(&[])
+    }
+
     pub(crate) fn file(&self) -> &Arc<dyn StorageFile> {
         &self.file
     }
