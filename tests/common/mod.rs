@@ -49,3 +49,24 @@ pub fn read_all(dir: &Path) -> (Vec<(Lsn, Vec<u8>)>, LogScan) {
     );
     (records, scan)
 }
+
+/// An observation with a small deterministic embedding.
+pub fn observation(space: &str, n: u32, dim: usize) -> engram::observation::Observation {
+    engram::observation::Observation {
+        space: space.to_owned(),
+        id: format!("{space}-{n}"),
+        when_unix_ns: 1_700_000_000_000_000_000 + n as i64,
+        confidence: 0.5,
+        what: format!("observation {n} in {space}"),
+        embedding: (0..dim)
+            .map(|i| ((n as usize * 31 + i) % 17) as f32 / 17.0)
+            .collect(),
+    }
+}
+
+pub fn observation_entry(space: &str, n: u32, dim: usize) -> Entry {
+    Entry {
+        kind: RecordKind::Observation,
+        payload: observation(space, n, dim).to_payload(),
+    }
+}
