@@ -4,4 +4,5 @@
 //! wal -> ingest workers -> index -> recall. See docs/architecture.md.
 
 pub mod observation;
+pub mod synthetic;
 pub mod wal;

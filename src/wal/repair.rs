@@ -105,10 +105,7 @@ pub(crate) fn repair_locked(
             .find(|s| s.name() == segment)
             .expect("scanned segment is open");
         copy_file(storage, seg.path(), &backup.join(&segment), seg.bytes())?;
-        let written = seg.bytes()[offset as usize..]
-            .iter()
-            .rposition(|&b| b != 0)
-            .map_or(0, |i| i + 1);
+        let written = super::scan::written_len(seg.bytes_from(offset as usize));
         let file = storage
             .open(seg.path(), true)
             .map_err(|e| WalError::io("opening segment to cut", e))?;

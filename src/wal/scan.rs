@@ -105,7 +105,7 @@ fn judge_end(
 ) -> SegmentEnd {
     let bytes = segment.bytes();
     let rest = &bytes[offset..];
-    let written = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64;
+    let written = written_len(rest) as u64;
     let corrupt = |reason| {
         SegmentEnd::Corrupt(CorruptionAt {
             segment: segment.name().to_owned(),
@@ -141,7 +141,8 @@ fn judge_end(
     }
     let window = segment.header().torn_window_bytes as usize;
     let search_from = (offset + window).next_multiple_of(RECORD_ALIGN_BYTES);
-    let next_valid = (search_from..bytes.len())
+    // Past the last non-zero byte nothing can be valid: most of a live segment is zeros.
+    let next_valid = (search_from..offset + written as usize)
         .step_by(RECORD_ALIGN_BYTES)
         .find(|&at| is_valid_record_at(&bytes[at..], segment.header().salt, expected));
     if let Some(at) = next_valid {
@@ -155,6 +156,24 @@ fn judge_end(
         lsn: expected,
         bytes: written.max(1),
     }
+}
+
+/// How many bytes of `bytes` there are up to and including the last non-zero one. Compares
+/// whole pages first, so a mostly empty 64 MiB segment takes microseconds, not a byte loop.
+pub fn written_len(bytes: &[u8]) -> usize {
+    const PAGE: usize = 4096;
+    static ZEROS: [u8; PAGE] = [0; PAGE];
+    let full_pages = bytes.len() / PAGE;
+    if let Some(i) = bytes[full_pages * PAGE..].iter().rposition(|&b| b != 0) {
+        return full_pages * PAGE + i + 1;
+    }
+    let last_page = (0..full_pages)
+        .rev()
+        .find(|&p| bytes[p * PAGE..(p + 1) * PAGE] != ZEROS);
+    last_page.map_or(0, |p| {
+        let page = &bytes[p * PAGE..(p + 1) * PAGE];
+        p * PAGE + page.iter().rposition(|&b| b != 0).expect("a non-zero page") + 1
+    })
 }
 
 /// The segment files of a log directory, opened and mapped in LSN order.
@@ -297,4 +316,22 @@ pub fn scan_log<'a>(
     }
     scan.corruption = files.bad_header.clone();
     scan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::written_len;
+
+    #[test]
+    fn written_len_finds_the_last_non_zero_byte() {
+        let mut bytes = vec![0u8; 3 * 4096 + 100];
+        assert_eq!(written_len(&bytes), 0);
+        bytes[5000] = 1;
+        assert_eq!(written_len(&bytes), 5001);
+        bytes[4095] = 1;
+        assert_eq!(written_len(&bytes), 5001);
+        bytes[3 * 4096 + 50] = 2;
+        assert_eq!(written_len(&bytes), 3 * 4096 + 51);
+        assert_eq!(written_len(&bytes[..4096]), 4096);
+    }
 }

@@ -1,1 +1,260 @@
-fn main() {}
+//! engram-load: a load generator. Observations are synthetic and deterministic in
+//! (seed, space, id), so any checker can recompute what was sent.
+//!
+//! Target `wal` appends straight to a local log (the durable core, without the network);
+//! the QUIC target arrives with the server (issue "Serve").
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use engram::synthetic::{self, Distribution};
+use engram::wal::{wal_dir, Entry, RecordKind, Wal, WalConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(
+    name = "engram-load",
+    version,
+    about = "Generate observation load and report acked rate and latency"
+)]
+struct Args {
+    /// Where to send: `wal` appends to the log in --data-dir directly.
+    #[arg(long, value_enum, default_value = "wal")]
+    target: Target,
+    #[arg(long, default_value = "./engram-load-data")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "load")]
+    space: String,
+    /// Observations to send in all.
+    #[arg(long, default_value_t = 100_000)]
+    count: u64,
+    /// Embedding dimension.
+    #[arg(long, default_value_t = 384)]
+    dim: usize,
+    /// Concurrent senders.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Observations per append.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Offered observations per second over all senders; 0 sends as fast as acks allow.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, value_enum, default_value = "uniform")]
+    distribution: Distribution,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Append each id to this file as its ack arrives.
+    #[arg(long)]
+    ids_out: Option<PathBuf>,
+    /// Commit window of the log, in microseconds (target wal).
+    #[arg(long, default_value_t = 0)]
+    commit_window_us: u64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Target {
+    Wal,
+}
+
+#[derive(Serialize)]
+struct Report {
+    target: &'static str,
+    sent: u64,
+    acked: u64,
+    rejected: u64,
+    seconds: f64,
+    obs_per_sec: f64,
+    ack_latency_ms: Latency,
+}
+
+#[derive(Serialize)]
+struct Latency {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.connections > 0 && args.batch > 0,
+        "--connections and --batch must be positive"
+    );
+    let report = match args.target {
+        Target::Wal => run_wal(&args)?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let l = &report.ack_latency_ms;
+        println!(
+            "{}: sent {} acked {} rejected {} in {:.2}s: {:.0} obs/s; ack latency ms p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
+            report.target, report.sent, report.acked, report.rejected, report.seconds, report.obs_per_sec, l.p50, l.p90, l.p99, l.max
+        );
+    }
+    Ok(())
+}
+
+fn run_wal(args: &Args) -> anyhow::Result<Report> {
+    let config = WalConfig {
+        commit_window: Duration::from_micros(args.commit_window_us),
+        ..WalConfig::default()
+    };
+    let wal = Arc::new(Wal::open(wal_dir(&args.data_dir), config).context("opening the log")?);
+    let ids_out = match &args.ids_out {
+        Some(path) => Some(Mutex::new(BufWriter::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        ))),
+        None => None,
+    };
+    let ids_out: Arc<Option<Mutex<BufWriter<File>>>> = Arc::new(ids_out);
+    let bar = progress_bar(args.count);
+    let sent = Arc::new(AtomicU64::new(0));
+    let rejected = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let latencies: Vec<Vec<f64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..args.connections)
+            .map(|sender| {
+                let (wal, ids_out, bar, sent, rejected) = (
+                    wal.clone(),
+                    ids_out.clone(),
+                    bar.clone(),
+                    sent.clone(),
+                    rejected.clone(),
+                );
+                scope.spawn(move || {
+                    sender_loop(args, sender, &wal, &ids_out, &bar, &sent, &rejected)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("sender thread"))
+            .collect()
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let mut all: Vec<f64> = latencies.into_iter().flatten().collect();
+    all.sort_by(f64::total_cmp);
+    let acked = all.len() as u64;
+    let pick = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(Report {
+        target: "wal",
+        sent: sent.load(Ordering::Relaxed),
+        acked,
+        rejected: rejected.load(Ordering::Relaxed),
+        seconds,
+        obs_per_sec: acked as f64 / seconds,
+        ack_latency_ms: Latency {
+            p50: pick(0.50),
+            p90: pick(0.90),
+            p99: pick(0.99),
+            max: all.last().copied().unwrap_or(0.0),
+        },
+    })
+}
+
+/// One sender: its share of the observations, in batches, paced to its share of --rate.
+/// Returns the ack latency of every acked observation, in milliseconds.
+fn sender_loop(
+    args: &Args,
+    sender: usize,
+    wal: &Wal,
+    ids_out: &Option<Mutex<BufWriter<File>>>,
+    bar: &ProgressBar,
+    sent: &AtomicU64,
+    rejected: &AtomicU64,
+) -> Vec<f64> {
+    let mine: Vec<u64> = (sender as u64..args.count)
+        .step_by(args.connections)
+        .collect();
+    let mut latencies = Vec::with_capacity(mine.len());
+    let batch_interval = (args.rate > 0).then(|| {
+        Duration::from_secs_f64(args.batch as f64 * args.connections as f64 / args.rate as f64)
+    });
+    let start = Instant::now();
+    for (i, chunk) in mine.chunks(args.batch).enumerate() {
+        if let Some(interval) = batch_interval {
+            let due = start + interval * i as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let observations: Vec<_> = chunk
+            .iter()
+            .map(|&n| {
+                synthetic::observation(
+                    args.seed,
+                    &args.space,
+                    "obs-",
+                    n,
+                    args.dim,
+                    args.distribution,
+                )
+            })
+            .collect();
+        let entries = observations
+            .iter()
+            .map(|o| Entry {
+                kind: RecordKind::Observation,
+                payload: o.to_payload(),
+            })
+            .collect();
+        sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        let t = Instant::now();
+        match wal.append_blocking(entries) {
+            Ok(_) => {
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                latencies.extend(std::iter::repeat_n(ms, chunk.len()));
+                if let Some(out) = ids_out {
+                    let mut out = out.lock().expect("ids file lock");
+                    for o in &observations {
+                        let _ = writeln!(out, "{}", o.id);
+                    }
+                    let _ = out.flush();
+                }
+                bar.inc(chunk.len() as u64);
+            }
+            Err(e) => {
+                rejected.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                if !e.is_retryable() {
+                    eprintln!("engram-load: sender {sender} stops: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    latencies
+}
+
+fn progress_bar(count: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(count);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} acked ({per_sec}, {eta})")
+            .expect("static template"),
+    );
+    bar
+}

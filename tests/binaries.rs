@@ -1,0 +1,144 @@
+//! The `engram serve` and `engram-load` binaries, run as child processes.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use engram::observation::Observation;
+use engram::synthetic::{self, Distribution};
+use engram::wal::{wal_dir, Lsn, Wal, WalConfig};
+
+/// Kills a child that hangs; never used to wait for progress.
+fn watchdog(pid: u32, secs: u64) {
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(secs));
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    });
+}
+
+#[test]
+fn serve_recovers_the_log_holds_its_lock_and_stops_cleanly_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let wal = Wal::open(wal_dir(data.path()), WalConfig::default()).unwrap();
+        wal.append_blocking(vec![engram::wal::Entry {
+            kind: engram::wal::RecordKind::Observation,
+            payload: synthetic::observation(1, "s", "x-", 0, 8, Distribution::Uniform).to_payload(),
+        }])
+        .unwrap();
+    }
+    let mut server = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    watchdog(server.id(), 60);
+    let mut log = BufReader::new(server.stderr.take().unwrap()).lines();
+    let up = log
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find(|l| l.contains("engram is up"))
+        .expect("server came up");
+    assert!(
+        up.contains("records=1") && up.contains("last_lsn=1"),
+        "{up}"
+    );
+    // While it runs, nobody else may open its log.
+    let err = Wal::open(wal_dir(data.path()), WalConfig::default())
+        .err()
+        .expect("locked");
+    assert!(
+        err.to_string().contains("locked by another process"),
+        "{err}"
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = log.map(|l| l.unwrap()).collect();
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+    assert!(server.wait().unwrap().success());
+    let wal = Wal::open(wal_dir(data.path()), WalConfig::default()).unwrap();
+    assert_eq!(wal.durable_lsn(), Lsn(1));
+}
+
+#[test]
+fn engram_load_acks_every_observation_and_records_each_id() {
+    let data = tempfile::tempdir().unwrap();
+    let ids = data.path().join("ids.txt");
+    let out = Command::new(env!("CARGO_BIN_EXE_engram-load"))
+        .args([
+            "--count",
+            "2000",
+            "--dim",
+            "32",
+            "--connections",
+            "4",
+            "--batch",
+            "10",
+            "--seed",
+            "9",
+        ])
+        .args([
+            "--space",
+            "bench",
+            "--distribution",
+            "clustered",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .arg("--ids-out")
+        .arg(&ids)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sent"], 2000);
+    assert_eq!(report["acked"], 2000);
+    assert_eq!(report["rejected"], 0);
+    assert!(report["obs_per_sec"].as_f64().unwrap() > 0.0);
+    let p50 = report["ack_latency_ms"]["p50"].as_f64().unwrap();
+    let p99 = report["ack_latency_ms"]["p99"].as_f64().unwrap();
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= report["ack_latency_ms"]["max"].as_f64().unwrap());
+
+    let lines: Vec<String> = std::fs::read_to_string(&ids)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let unique: HashSet<&String> = lines.iter().collect();
+    assert_eq!(
+        (lines.len(), unique.len()),
+        (2000, 2000),
+        "every acked id once"
+    );
+
+    // What is in the log is exactly what the seed says: a checker can recompute it.
+    let wal = Wal::open(wal_dir(data.path()), WalConfig::default()).unwrap();
+    assert_eq!(wal.durable_lsn(), Lsn(2000));
+    let mut cursor = wal.reader().cursor(Lsn(1));
+    let mut stored = HashSet::new();
+    while let Some(record) = cursor.next().unwrap() {
+        let obs = Observation::view(record.payload()).unwrap();
+        assert_eq!(obs.space.as_str(), "bench");
+        let expected =
+            synthetic::embedding(9, "bench", obs.id.as_str(), 32, Distribution::Clustered);
+        let got: Vec<f32> = obs.embedding.iter().map(|x| x.to_native()).collect();
+        assert_eq!(got, expected, "{}", obs.id.as_str());
+        stored.insert(obs.id.as_str().to_owned());
+    }
+    assert_eq!(
+        stored,
+        unique.into_iter().cloned().collect::<HashSet<String>>()
+    );
+}
