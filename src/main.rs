@@ -88,6 +88,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let dir = wal_dir(&args.data_dir);
     let wal =
         Wal::open(&dir, config).with_context(|| format!("opening the WAL in {}", dir.display()))?;
+    // Signal handlers go in before the server says it is up, so that a SIGTERM sent as
+    // soon as it is up is a graceful shutdown, not the default kill.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let shutdown = runtime.block_on(async { ShutdownSignal::install() })?;
     let report = wal.recovery_report();
     tracing::info!(
         data_dir = %args.data_dir.display(),
@@ -96,20 +102,31 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         recovery_ms = report.duration.as_secs_f64() * 1e3,
         "engram is up: the log is recovered and open (network transports arrive with the serve issue)"
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(shutdown_signal())?;
+    runtime.block_on(shutdown.wait());
     tracing::info!("shutting down: syncing and closing the log");
     wal.close()?;
     Ok(())
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+/// SIGTERM or ctrl-c.
+struct ShutdownSignal {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn install() -> anyhow::Result<ShutdownSignal> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignal {
+            term: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
 }

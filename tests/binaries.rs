@@ -9,6 +9,16 @@ use engram::observation::Observation;
 use engram::synthetic::{self, Distribution};
 use engram::wal::{wal_dir, Lsn, Wal, WalConfig};
 
+/// Kills the server when the test ends, passed or failed, so no orphan outlives it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Kills a child that hangs; never used to wait for progress.
 fn watchdog(pid: u32, secs: u64) {
     std::thread::spawn(move || {
@@ -28,15 +38,18 @@ fn serve_recovers_the_log_holds_its_lock_and_stops_cleanly_on_sigterm() {
         }])
         .unwrap();
     }
-    let mut server = Command::new(env!("CARGO_BIN_EXE_engram"))
-        .args(["serve", "--data-dir"])
-        .arg(data.path())
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    watchdog(server.id(), 60);
-    let mut log = BufReader::new(server.stderr.take().unwrap()).lines();
+    let mut server = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_engram"))
+            .args(["serve", "--data-dir"])
+            .arg(data.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    watchdog(server.0.id(), 60);
+    let mut log = BufReader::new(server.0.stderr.take().unwrap()).lines();
     let up = log
         .by_ref()
         .map(|l| l.unwrap())
@@ -56,13 +69,16 @@ fn serve_recovers_the_log_holds_its_lock_and_stops_cleanly_on_sigterm() {
     );
 
     let status = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
+        .args(["-TERM", &server.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let rest: Vec<String> = log.map(|l| l.unwrap()).collect();
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
-    assert!(server.wait().unwrap().success());
+    assert!(
+        server.0.wait().unwrap().success(),
+        "a clean exit after SIGTERM"
+    );
     let wal = Wal::open(wal_dir(data.path()), WalConfig::default()).unwrap();
     assert_eq!(wal.durable_lsn(), Lsn(1));
 }
@@ -128,7 +144,7 @@ fn engram_load_acks_every_observation_and_records_each_id() {
     assert_eq!(wal.durable_lsn(), Lsn(2000));
     let mut cursor = wal.reader().cursor(Lsn(1));
     let mut stored = HashSet::new();
-    while let Some(record) = cursor.next().unwrap() {
+    while let Some(record) = cursor.read_next().unwrap() {
         let obs = Observation::view(record.payload()).unwrap();
         assert_eq!(obs.space.as_str(), "bench");
         let expected =

@@ -69,7 +69,7 @@ fn records_roll_over_segments_and_read_back_zero_copy() {
     );
     let mut cursor = wal.reader().cursor(Lsn(1));
     for seq in 0..200u32 {
-        let record = cursor.next().unwrap().expect("durable record");
+        let record = cursor.read_next().unwrap().expect("durable record");
         assert_eq!(record.lsn, Lsn(seq as u64 + 1));
         assert_eq!(record.payload(), payload(1, seq, 1000).as_slice());
         assert_eq!(
@@ -79,13 +79,13 @@ fn records_roll_over_segments_and_read_back_zero_copy() {
         );
     }
     assert!(
-        cursor.next().unwrap().is_none(),
+        cursor.read_next().unwrap().is_none(),
         "nothing past the durable LSN"
     );
     // A cursor can start anywhere, including in a later segment.
     let mut cursor = wal.reader().cursor(Lsn(150));
     assert_eq!(
-        cursor.next().unwrap().unwrap().payload(),
+        cursor.read_next().unwrap().unwrap().payload(),
         payload(1, 149, 1000).as_slice()
     );
 }
@@ -203,7 +203,7 @@ fn truncation_removes_whole_segments_below_an_lsn_and_lsns_never_restart() {
     let before = wal.stats().segments;
     let mut held = wal.reader().cursor(Lsn(1));
     assert_eq!(
-        held.next().unwrap().unwrap().payload(),
+        held.read_next().unwrap().unwrap().payload(),
         payload(3, 0, 1000).as_slice()
     );
     let removed = wal.truncate_below(Lsn(150)).unwrap();
@@ -211,13 +211,13 @@ fn truncation_removes_whole_segments_below_an_lsn_and_lsns_never_restart() {
     let oldest = wal.reader().oldest_lsn();
     assert!(oldest <= Lsn(150) && oldest > Lsn(1));
     assert!(matches!(
-        wal.reader().cursor(Lsn(1)).next(),
+        wal.reader().cursor(Lsn(1)).read_next(),
         Err(WalError::Truncated { .. })
     ));
     assert_eq!(
         wal.reader()
             .cursor(Lsn(150))
-            .next()
+            .read_next()
             .unwrap()
             .unwrap()
             .payload(),
@@ -225,7 +225,7 @@ fn truncation_removes_whole_segments_below_an_lsn_and_lsns_never_restart() {
     );
     // A cursor inside a removed segment still reads it: unlink does not unmap.
     assert_eq!(
-        held.next().unwrap().unwrap().payload(),
+        held.read_next().unwrap().unwrap().payload(),
         payload(3, 1, 1000).as_slice()
     );
     // Truncating everything but the active segment, then restarting, keeps the LSN count.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{entry, payload, read_all, small_config};
 use engram::wal::fault::{CrashMode, FaultyStorage};
-use engram::wal::{Entry, Lsn, OsStorage, Wal, WalConfig, WalError};
+use engram::wal::{Entry, Lsn, Wal, WalConfig, WalError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -222,11 +222,18 @@ fn after_a_failed_sync_no_append_is_acknowledged() {
     check_log(dir.path(), &history, "failed sync");
 }
 
-#[test]
-fn a_full_disk_at_segment_creation_is_retryable_and_corrupts_nothing() {
+/// ENOSPC while preparing a segment: a retryable error for the append that needs it, no
+/// LSN used, the log not failed, and writing resumes once space is back. With
+/// `prepare_next_segment`, the preparation runs in the background when the active segment
+/// is half full, and its failure surfaces at the roll.
+fn full_disk_at_segment_creation(prepare_next_segment: bool) {
     let dir = tempfile::tempdir().unwrap();
     let storage = FaultyStorage::new(11);
-    let wal = Wal::open_with_storage(dir.path(), config(), Arc::new(storage.clone())).unwrap();
+    let config = WalConfig {
+        prepare_next_segment,
+        ..config()
+    };
+    let wal = Wal::open_with_storage(dir.path(), config, Arc::new(storage.clone())).unwrap();
     storage.enospc_on_allocate(2);
     for _ in 0..2 {
         let err = wal.append_blocking(vec![entry(0, 0, 100)]).unwrap_err();
@@ -240,17 +247,17 @@ fn a_full_disk_at_segment_creation_is_retryable_and_corrupts_nothing() {
         Lsn(1),
         "failed tries use no LSN"
     );
-    // Fill the first segment, then fail the roll to the second.
+    // The next preparation of a segment fails; fill the first segment up to the roll.
+    storage.enospc_on_allocate(1);
     let mut seq = 1;
-    while wal.stats().segments_created == 1 {
-        storage.enospc_on_allocate(1);
+    loop {
         match wal.append_blocking(vec![entry(0, seq, 1500)]) {
             Ok(_) => seq += 1,
             Err(WalError::StorageFull { .. }) => break,
             Err(e) => panic!("unexpected {e}"),
         }
+        assert_eq!(wal.stats().segments_created, 1, "the roll must fail");
     }
-    storage.enospc_on_allocate(0);
     assert!(wal.failure().is_none(), "a full disk does not fail the log");
     let range = wal.append_blocking(vec![entry(0, seq, 1500)]).unwrap();
     assert_eq!(
@@ -263,5 +270,23 @@ fn a_full_disk_at_segment_creation_is_retryable_and_corrupts_nothing() {
     let (records, scan) = read_all(dir.path());
     assert!(scan.is_clean(), "{scan:?}");
     assert_eq!(records.len() as u32, seq + 1);
-    let _ = OsStorage;
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "a failed or unused preparation leaves no file: {leftovers:?}"
+    );
+}
+
+#[test]
+fn a_full_disk_at_segment_creation_is_retryable_and_corrupts_nothing() {
+    full_disk_at_segment_creation(false);
+}
+
+#[test]
+fn a_full_disk_while_preparing_the_next_segment_is_retryable() {
+    full_disk_at_segment_creation(true);
 }

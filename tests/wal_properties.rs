@@ -55,7 +55,7 @@ proptest! {
         }
         let mut cursor = wal.reader().cursor(Lsn(1));
         for p in &written {
-            let record = cursor.next().unwrap().expect("durable");
+            let record = cursor.read_next().unwrap().expect("durable");
             prop_assert_eq!(record.payload(), p.as_slice());
         }
         drop(wal);

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -13,7 +14,7 @@ use super::format::{
 };
 use super::log::{Entry, Shared};
 use super::lsn::{Lsn, LsnRange};
-use super::segment::{Segment, FIRST_RECORD_OFFSET};
+use super::segment::{PreparedSegment, Segment, FIRST_RECORD_OFFSET};
 
 pub(crate) struct AppendRequest {
     pub entries: Vec<Entry>,
@@ -34,6 +35,8 @@ pub(crate) struct Committer {
     next_lsn: Lsn,
     /// Appends whose frames are all encoded, waiting for the sync that covers them.
     waiting: Vec<(oneshot::Sender<Result<LsnRange>>, LsnRange)>,
+    /// The next segment, being prepared in the background.
+    spare: Option<JoinHandle<Result<PreparedSegment>>>,
 }
 
 impl Committer {
@@ -56,6 +59,7 @@ impl Committer {
             buffer_offset: write_offset,
             next_lsn,
             waiting: Vec::new(),
+            spare: None,
         }
     }
 
@@ -77,8 +81,32 @@ impl Committer {
                 self.stage(next);
             }
             self.write_and_sync();
+            self.prepare_spare_when_half_full();
         }
         self.write_and_sync();
+        if let Some(spare) = self.spare.take() {
+            if let Ok(Ok(prepared)) = spare.join() {
+                prepared.discard(self.shared.storage.as_ref());
+            }
+        }
+    }
+
+    /// Starts preparing the next segment once the active one is half full, so the roll
+    /// does not zero-fill 64 MiB while every appender waits.
+    fn prepare_spare_when_half_full(&mut self) {
+        if !self.shared.config.prepare_next_segment || self.spare.is_some() {
+            return;
+        }
+        let Some(active) = &self.active else { return };
+        if self.write_offset < active.capacity() / 2 || self.shared.failure.get().is_some() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("engram-wal-prepare".into())
+            .spawn(move || Segment::prepare(shared.storage.as_ref(), &shared.dir, &shared.config));
+        // Without a thread the roll prepares the segment itself, as it would anyway.
+        self.spare = spawned.ok();
     }
 
     /// Encodes one append into the buffer, rolling to a new segment first if it does not fit.
@@ -239,13 +267,18 @@ impl Committer {
         if let Some(e) = self.shared.failed() {
             return Err(e);
         }
-        let shared = &self.shared;
-        match Segment::create(
-            shared.storage.as_ref(),
-            &shared.dir,
-            self.next_lsn,
-            &shared.config,
-        ) {
+        let shared = self.shared.clone();
+        let (storage, dir, config) = (shared.storage.as_ref(), &shared.dir, &shared.config);
+        let prepared = match self.spare.take() {
+            Some(spare) => spare.join().unwrap_or_else(|_| {
+                Err(WalError::io(
+                    "preparing the next segment",
+                    std::io::Error::other("the thread panicked"),
+                ))
+            }),
+            None => Segment::prepare(storage, dir, config),
+        };
+        match prepared.and_then(|p| Segment::install(storage, dir, p, self.next_lsn, config)) {
             Ok(segment) => {
                 let segment = Arc::new(segment);
                 let mut segments = shared.segments.write().expect("segment list lock");

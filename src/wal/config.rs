@@ -49,6 +49,10 @@ pub struct WalConfig {
     /// Largest record payload accepted.
     pub record_payload_bytes_max: u32,
     pub recovery_mode: RecoveryMode,
+    /// Prepare (preallocate and zero-fill) the next segment in the background once the
+    /// active one is half full, so a roll costs a header write and a rename, not a 64 MiB
+    /// write while every appender waits.
+    pub prepare_next_segment: bool,
 }
 
 impl Default for WalConfig {
@@ -61,6 +65,7 @@ impl Default for WalConfig {
             commit_queue_appends_max: COMMIT_QUEUE_APPENDS_MAX_DEFAULT,
             record_payload_bytes_max: RECORD_PAYLOAD_BYTES_MAX_DEFAULT,
             recovery_mode: RecoveryMode::default(),
+            prepare_next_segment: true,
         }
     }
 }

@@ -174,7 +174,7 @@ impl State {
             }
             for (page, old) in pages {
                 let at = page * PAGE_BYTES;
-                let Ok(len) = file.len() else { continue };
+                let Ok(len) = file.size() else { continue };
                 if at >= len {
                     continue;
                 }
@@ -229,7 +229,7 @@ impl State {
     /// Remembers the old contents of every page in `[offset, offset + len)` not yet dirty.
     fn remember_pages(&mut self, index: usize, offset: u64, len: u64) -> io::Result<()> {
         let state = &mut self.files[index];
-        let file_len = state.file.len()?;
+        let file_len = state.file.size()?;
         let first = offset / PAGE_BYTES;
         let last = (offset + len).div_ceil(PAGE_BYTES);
         for page in first..last {
@@ -291,7 +291,7 @@ impl StorageFile for FaultyFile {
             s.enospc_on_allocate -= 1;
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
-        let old_len = s.files[self.index].file.len()?;
+        let old_len = s.files[self.index].file.size()?;
         s.files[self.index].synced_len.get_or_insert(old_len);
         s.files[self.index].file.allocate(len, how)
     }
@@ -299,7 +299,7 @@ impl StorageFile for FaultyFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut s = self.storage.lock();
         s.begin()?;
-        let old_len = s.files[self.index].file.len()?;
+        let old_len = s.files[self.index].file.size()?;
         if len < old_len {
             s.remember_pages(self.index, len, old_len - len)?;
         }
@@ -307,9 +307,9 @@ impl StorageFile for FaultyFile {
         s.files[self.index].file.set_len(len)
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         let s = self.storage.lock();
-        s.files[self.index].file.len()
+        s.files[self.index].file.size()
     }
 
     fn map(&self) -> io::Result<FileMap> {

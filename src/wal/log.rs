@@ -173,6 +173,10 @@ impl Wal {
 
     /// Appends `entries` as consecutive records and waits until they are durable.
     /// The records of one append never span two segments.
+    ///
+    /// If the future is dropped after the append was queued, the append may still become
+    /// durable without anyone being told: callers that retry must dedupe (ingest does, by
+    /// space and id).
     pub async fn append(&self, entries: Vec<Entry>) -> Result<LsnRange> {
         let (request, done) = self.request(entries)?;
         self.sender()?

@@ -65,7 +65,7 @@ const TEMP_SUFFIX: &str = ".wal.tmp";
 const NAME_DIGITS: usize = 20;
 
 /// Builds and parses segment file names: `{first_lsn:020}.wal`, and
-/// `{first_lsn:020}.wal.tmp` while a segment is being created.
+/// `prepared-{nonce:020}.wal.tmp` for a file being made ready to become a segment.
 pub struct SegmentName;
 
 impl SegmentName {
@@ -77,8 +77,8 @@ impl SegmentName {
         )
     }
 
-    pub fn temp_file_name(first_lsn: Lsn) -> String {
-        format!("{:0width$}{TEMP_SUFFIX}", first_lsn.0, width = NAME_DIGITS)
+    pub fn temp_file_name(nonce: u64) -> String {
+        format!("prepared-{nonce:0width$}{TEMP_SUFFIX}", width = NAME_DIGITS)
     }
 
     /// The first LSN named by a segment file name, or `None` if it is not one.
@@ -113,10 +113,7 @@ mod tests {
             assert_eq!(SegmentName::parse(name), Some(Lsn(n)));
         }
         assert_eq!(SegmentName::parse("0001.wal"), None);
-        assert_eq!(
-            SegmentName::parse(&SegmentName::temp_file_name(Lsn(3))),
-            None
-        );
-        assert!(SegmentName::is_temp(&SegmentName::temp_file_name(Lsn(3))));
+        assert_eq!(SegmentName::parse(&SegmentName::temp_file_name(3)), None);
+        assert!(SegmentName::is_temp(&SegmentName::temp_file_name(3)));
     }
 }

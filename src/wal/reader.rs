@@ -90,13 +90,13 @@ pub struct RecordCursor {
 }
 
 impl RecordCursor {
-    /// The LSN of the record `next` returns next.
+    /// The LSN of the record `read_next` returns next.
     pub fn next_lsn(&self) -> Lsn {
         self.next_lsn
     }
 
     /// The next record, or `None` if it is not durable yet.
-    pub fn next(&mut self) -> Result<Option<Record>> {
+    pub fn read_next(&mut self) -> Result<Option<Record>> {
         if self.next_lsn > *self.shared.durable.borrow() {
             return Ok(None);
         }
@@ -150,7 +150,7 @@ impl RecordCursor {
     pub async fn next_durable(&mut self) -> Result<Option<Record>> {
         let mut durable = self.shared.durable.subscribe();
         loop {
-            if let Some(record) = self.next()? {
+            if let Some(record) = self.read_next()? {
                 return Ok(Some(record));
             }
             if durable.wait_for(|&d| d >= self.next_lsn).await.is_err() {
@@ -195,7 +195,7 @@ impl RecordCursor {
                     self.offset = offset;
                     return Err(self.corruption(&segment, CorruptionReason::Record(invalid)));
                 }
-                // The record lies in a later segment; `next` moves there.
+                // The record lies in a later segment; `read_next` moves there.
                 Decoded::End | Decoded::Incomplete { .. } => break,
             }
             lsn = lsn.next();

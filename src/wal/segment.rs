@@ -11,6 +11,19 @@ use super::format::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use super::lsn::{Lsn, SegmentName};
 use super::storage::{FileMap, Storage, StorageFile};
 
+/// A preallocated, synced file under a temporary name, not yet a segment.
+pub(crate) struct PreparedSegment {
+    temp: PathBuf,
+    file: Arc<dyn StorageFile>,
+}
+
+impl PreparedSegment {
+    /// Removes a prepared file that will not be used.
+    pub(crate) fn discard(self, storage: &dyn Storage) {
+        let _ = storage.remove_file(&self.temp);
+    }
+}
+
 pub struct Segment {
     name: String,
     path: PathBuf,
@@ -33,60 +46,73 @@ pub(crate) fn is_storage_full(e: &io::Error) -> bool {
 }
 
 impl Segment {
-    /// Creates the segment whose first record will be `first_lsn`.
-    ///
-    /// The protocol makes a half-created segment impossible to mistake for a real one: the
-    /// file is preallocated and its header synced under a temporary name, then renamed, and
-    /// the directory synced. A crash leaves either no segment or a complete empty one; a
-    /// leftover temporary file is removed on the next open.
-    pub(crate) fn create(
+    /// Makes a preallocated, synced file under a temporary name, ready to become a segment.
+    /// This is the slow part (zero-filling 64 MiB), so the committer has it done in the
+    /// background before the active segment fills up.
+    pub(crate) fn prepare(
         storage: &dyn Storage,
         dir: &Path,
+        config: &WalConfig,
+    ) -> Result<PreparedSegment> {
+        let temp = dir.join(SegmentName::temp_file_name(rand::random()));
+        let made = storage.create_new(&temp).and_then(|file| {
+            file.allocate(config.segment_bytes, config.preallocation)?;
+            file.sync_data()?;
+            Ok(file)
+        });
+        match made {
+            Ok(file) => Ok(PreparedSegment { temp, file }),
+            Err(e) => {
+                // Best effort: the next open removes leftovers anyway.
+                let _ = storage.remove_file(&temp);
+                if is_storage_full(&e) {
+                    return Err(WalError::StorageFull {
+                        path: temp,
+                        source: e,
+                    });
+                }
+                Err(WalError::io(format!("preparing {}", temp.display()), e))
+            }
+        }
+    }
+
+    /// Turns a prepared file into the segment starting at `first_lsn`.
+    ///
+    /// The protocol makes a half-created segment impossible to mistake for a real one: the
+    /// header is written and synced under the temporary name, then the file is renamed and
+    /// the directory synced. A crash leaves either no segment or a complete empty one; a
+    /// leftover temporary file is removed on the next open.
+    pub(crate) fn install(
+        storage: &dyn Storage,
+        dir: &Path,
+        prepared: PreparedSegment,
         first_lsn: Lsn,
         config: &WalConfig,
     ) -> Result<Segment> {
-        let temp = dir.join(SegmentName::temp_file_name(first_lsn));
         let name = SegmentName::file_name(first_lsn);
         let path = dir.join(&name);
-        if let Err(e) = storage.remove_file(&temp) {
-            if e.kind() != io::ErrorKind::NotFound {
-                return Err(WalError::io(
-                    format!("removing leftover {}", temp.display()),
-                    e,
-                ));
-            }
-        }
-        let created = storage.create_new(&temp).and_then(|file| {
-            file.allocate(config.segment_bytes, config.preallocation)?;
-            let header = SegmentHeader {
-                first_lsn,
-                salt: rand::random(),
-                capacity_bytes: config.segment_bytes,
-                torn_window_bytes: config.torn_window_bytes(),
-                created_unix_ns: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64),
-            };
-            file.write_all_at(&header.encode(), 0)?;
-            file.sync_data()?;
-            storage.rename(&temp, &path)?;
-            storage.sync_dir(dir)?;
-            Ok((file, header))
-        });
-        let (file, header) = match created {
-            Ok(ok) => ok,
-            Err(e) => {
-                // Best effort: the next open removes it anyway.
-                let _ = storage.remove_file(&temp);
-                if is_storage_full(&e) {
-                    return Err(WalError::StorageFull { path, source: e });
-                }
-                return Err(WalError::io(
-                    format!("creating segment {}", path.display()),
-                    e,
-                ));
-            }
+        let header = SegmentHeader {
+            first_lsn,
+            salt: rand::random(),
+            capacity_bytes: config.segment_bytes,
+            torn_window_bytes: config.torn_window_bytes(),
+            created_unix_ns: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
         };
+        let PreparedSegment { temp, file } = prepared;
+        let installed = file
+            .write_all_at(&header.encode(), 0)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| storage.rename(&temp, &path))
+            .and_then(|()| storage.sync_dir(dir));
+        if let Err(e) = installed {
+            let _ = storage.remove_file(&temp);
+            return Err(WalError::io(
+                format!("creating segment {}", path.display()),
+                e,
+            ));
+        }
         let map = file
             .map()
             .map_err(|e| WalError::io(format!("mapping {}", path.display()), e))?;

@@ -51,7 +51,7 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     /// Reserves `len` bytes on disk so that later writes below `len` cannot fail for space.
     fn allocate(&self, len: u64, how: Preallocation) -> io::Result<()>;
     fn set_len(&self, len: u64) -> io::Result<()>;
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     fn map(&self) -> io::Result<FileMap>;
 }
 
@@ -115,12 +115,12 @@ impl StorageFile for OsFile {
         self.file.set_len(len)
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 
     fn map(&self) -> io::Result<FileMap> {
-        if self.len()? == 0 {
+        if self.size()? == 0 {
             return Ok(FileMap { map: None });
         }
         // SAFETY: the log never shrinks a file that a live map covers, except `seal` and
