@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use engram::wal::{wal_dir, Preallocation, RecoveryMode, Wal, WalConfig};
+use engram::wal::{wal_dir, RecoveryMode, Wal, WalConfig};
 
 #[derive(Parser)]
 #[command(name = "engram", version, about = "A durable streaming memory server")]
@@ -81,7 +81,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         segment_bytes: args.wal_segment_bytes,
         commit_window: Duration::from_micros(args.wal_commit_window_us),
         commit_bytes_max: args.wal_commit_bytes_max,
-        preallocation: Preallocation::ZeroFill,
         recovery_mode: args.wal_recovery_mode.into(),
         ..WalConfig::default()
     };

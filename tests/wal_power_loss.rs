@@ -224,8 +224,8 @@ fn after_a_failed_sync_no_append_is_acknowledged() {
 
 /// ENOSPC while preparing a segment: a retryable error for the append that needs it, no
 /// LSN used, the log not failed, and writing resumes once space is back. With
-/// `prepare_next_segment`, the preparation runs in the background when the active segment
-/// is half full, and its failure surfaces at the roll.
+/// `prepare_next_segment`, the next segment is prepared in the background right after each
+/// roll, and its failure surfaces at the following roll.
 fn full_disk_at_segment_creation(prepare_next_segment: bool) {
     let dir = tempfile::tempdir().unwrap();
     let storage = FaultyStorage::new(11);
@@ -234,7 +234,9 @@ fn full_disk_at_segment_creation(prepare_next_segment: bool) {
         ..config()
     };
     let wal = Wal::open_with_storage(dir.path(), config, Arc::new(storage.clone())).unwrap();
-    storage.enospc_on_allocate(2);
+    // Two failed tries at the first segment, then success; with preparation on, the
+    // background preparation of the second segment (the fourth allocation) fails too.
+    storage.enospc_on_allocations(&[true, true, false, prepare_next_segment]);
     for _ in 0..2 {
         let err = wal.append_blocking(vec![entry(0, 0, 100)]).unwrap_err();
         assert!(
@@ -247,8 +249,10 @@ fn full_disk_at_segment_creation(prepare_next_segment: bool) {
         Lsn(1),
         "failed tries use no LSN"
     );
-    // The next preparation of a segment fails; fill the first segment up to the roll.
-    storage.enospc_on_allocate(1);
+    if !prepare_next_segment {
+        // The roll itself prepares the second segment: that allocation fails.
+        storage.enospc_on_allocations(&[true]);
+    }
     let mut seq = 1;
     loop {
         match wal.append_blocking(vec![entry(0, seq, 1500)]) {

@@ -81,7 +81,7 @@ impl Committer {
                 self.stage(next);
             }
             self.write_and_sync();
-            self.prepare_spare_when_half_full();
+            self.prepare_spare();
         }
         self.write_and_sync();
         if let Some(spare) = self.spare.take() {
@@ -91,14 +91,14 @@ impl Committer {
         }
     }
 
-    /// Starts preparing the next segment once the active one is half full, so the roll
-    /// does not zero-fill 64 MiB while every appender waits.
-    fn prepare_spare_when_half_full(&mut self) {
-        if !self.shared.config.prepare_next_segment || self.spare.is_some() {
+    /// Keeps the next segment being prepared while one is active, so a roll never
+    /// zero-fills 64 MiB while every appender waits.
+    fn prepare_spare(&mut self) {
+        if !self.shared.config.prepare_next_segment || self.spare.is_some() || self.active.is_none()
+        {
             return;
         }
-        let Some(active) = &self.active else { return };
-        if self.write_offset < active.capacity() / 2 || self.shared.failure.get().is_some() {
+        if self.shared.failure.get().is_some() {
             return;
         }
         let shared = self.shared.clone();
@@ -193,25 +193,9 @@ impl Committer {
             .clone()
             .expect("frames are staged into a segment");
         self.pad_to_page(&segment);
-        let file = segment.file();
-        if let Err(e) = file.write_all_at(&self.buffer, self.buffer_offset) {
-            return self.latch(format!(
-                "write to {} at offset {} failed: {e}",
-                segment.name(),
-                self.buffer_offset
-            ));
+        if let Err(cause) = self.write_buffer_synced(&segment) {
+            return self.latch(cause);
         }
-        if let Err(e) = file.sync_data() {
-            // fsyncgate: after a failed fsync the kernel may have dropped the dirty pages
-            // and a retry can "succeed" without them. Never retry; never acknowledge.
-            return self.latch(format!("fdatasync of {} failed: {e}", segment.name()));
-        }
-        let c = &self.shared.counters;
-        c.bytes_written
-            .fetch_add(self.buffer.len() as u64, Ordering::Relaxed);
-        c.syncs.fetch_add(1, Ordering::Relaxed);
-        self.buffer_offset += self.buffer.len() as u64;
-        self.buffer.clear();
         let durable = self.next_lsn.prev();
         self.shared.durable.send_replace(durable);
         for (done, range) in self.waiting.drain(..) {
@@ -227,16 +211,26 @@ impl Committer {
             self.waiting.is_empty(),
             "earlier appends were committed on their own"
         );
+        self.write_buffer_synced(segment).map_err(|cause| {
+            self.latch(cause);
+            self.shared.failed().expect("just latched")
+        })
+    }
+
+    /// Writes the buffer where it belongs in the segment and syncs it. On failure, says what
+    /// failed; the caller latches it. Never retried: after a failed fsync the kernel may
+    /// have dropped the dirty pages, and a retry can "succeed" without them (fsyncgate).
+    fn write_buffer_synced(&mut self, segment: &Segment) -> std::result::Result<(), String> {
         let file = segment.file();
-        let written = file
-            .write_all_at(&self.buffer, self.buffer_offset)
-            .and_then(|()| file.sync_data());
-        if let Err(e) = written {
-            self.latch(format!(
-                "writing part of a large append to {} failed: {e}",
-                segment.name()
+        if let Err(e) = file.write_all_at(&self.buffer, self.buffer_offset) {
+            return Err(format!(
+                "write to {} at offset {} failed: {e}",
+                segment.name(),
+                self.buffer_offset
             ));
-            return Err(self.shared.failed().expect("just latched"));
+        }
+        if let Err(e) = file.sync_data() {
+            return Err(format!("fdatasync of {} failed: {e}", segment.name()));
         }
         let c = &self.shared.counters;
         c.bytes_written

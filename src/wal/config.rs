@@ -49,9 +49,8 @@ pub struct WalConfig {
     /// Largest record payload accepted.
     pub record_payload_bytes_max: u32,
     pub recovery_mode: RecoveryMode,
-    /// Prepare (preallocate and zero-fill) the next segment in the background once the
-    /// active one is half full, so a roll costs a header write and a rename, not a 64 MiB
-    /// write while every appender waits.
+    /// Keep the next segment prepared (preallocated, zero-filled) in the background, so a
+    /// roll costs a header write and a rename, not a 64 MiB write while appenders wait.
     pub prepare_next_segment: bool,
 }
 
@@ -59,7 +58,7 @@ impl Default for WalConfig {
     fn default() -> Self {
         WalConfig {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
-            preallocation: Preallocation::ZeroFill,
+            preallocation: Preallocation::Fallocate,
             commit_bytes_max: COMMIT_BYTES_MAX_DEFAULT,
             commit_window: Duration::ZERO,
             commit_queue_appends_max: COMMIT_QUEUE_APPENDS_MAX_DEFAULT,

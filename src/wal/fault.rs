@@ -56,7 +56,8 @@ struct State {
     crash_at_op: Option<(u64, CrashMode)>,
     crashed: bool,
     fail_syncs: bool,
-    enospc_on_allocate: u32,
+    /// Outcomes of the next preallocations, in order: true fails with ENOSPC.
+    allocation_outcomes: std::collections::VecDeque<bool>,
     files: Vec<FileState>,
     dir_ops: Vec<DirOp>,
 }
@@ -87,7 +88,7 @@ impl FaultyStorage {
                 crash_at_op: None,
                 crashed: false,
                 fail_syncs: false,
-                enospc_on_allocate: 0,
+                allocation_outcomes: Default::default(),
                 files: Vec::new(),
                 dir_ops: Vec::new(),
             })),
@@ -115,9 +116,11 @@ impl FaultyStorage {
         self.lock().fail_syncs = true;
     }
 
-    /// The next `count` preallocations fail with ENOSPC.
-    pub fn enospc_on_allocate(&self, count: u32) {
-        self.lock().enospc_on_allocate = count;
+    /// Decides the next preallocations in the order they happen: `true` fails with ENOSPC,
+    /// `false` succeeds; after the list, all succeed. Order, not timing, decides, so a
+    /// background preparation gets its outcome deterministically.
+    pub fn enospc_on_allocations(&self, outcomes: &[bool]) {
+        self.lock().allocation_outcomes = outcomes.iter().copied().collect();
     }
 
     pub fn counts(&self) -> FaultCounts {
@@ -287,8 +290,7 @@ impl StorageFile for FaultyFile {
     fn allocate(&self, len: u64, how: Preallocation) -> io::Result<()> {
         let mut s = self.storage.lock();
         s.begin()?;
-        if s.enospc_on_allocate > 0 {
-            s.enospc_on_allocate -= 1;
+        if s.allocation_outcomes.pop_front() == Some(true) {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         let old_len = s.files[self.index].file.size()?;

@@ -11,17 +11,20 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-/// How a new segment's space is reserved.
+/// How a new segment's space is reserved. Both reserve every block with posix_fallocate, so
+/// a full disk fails when a segment is created, never later in a commit or as SIGBUS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Preallocation {
-    /// posix_fallocate, then write zeros over the whole file. Slower to create, but later
-    /// fdatasync calls only flush data: the extents are already written, so no metadata
-    /// (extent conversion) has to be journaled on each commit.
-    ZeroFill,
-    /// posix_fallocate alone: fast creation, but ext4 and XFS convert unwritten extents
-    /// on first write, which adds a journal commit to many syncs.
+    /// posix_fallocate alone (the default). ext4 and XFS mark the blocks unwritten, and a
+    /// sync that writes into them journals the conversion. That costs a little per small
+    /// commit, but nothing extra in bytes written (docs/performance.md).
     Fallocate,
+    /// posix_fallocate, then zeros written over the whole file. Later syncs then flush data
+    /// only, which makes small commits faster. But every byte is written twice, and a
+    /// background zero-fill of 64 MiB delays the cache flushes of concurrent commits by
+    /// tens of milliseconds.
+    ZeroFill,
 }
 
 /// A read-only view of a whole file, shared with the page cache: bytes written with

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use engram::synthetic::{self, Distribution};
-use engram::wal::{wal_dir, Entry, RecordKind, Wal, WalConfig};
+use engram::wal::{wal_dir, Entry, Preallocation, RecordKind, Wal, WalConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -60,6 +60,21 @@ struct Args {
     /// Commit window of the log, in microseconds (target wal).
     #[arg(long, default_value_t = 0)]
     commit_window_us: u64,
+    /// Segment size of the log in MiB (target wal).
+    #[arg(long, default_value_t = 64)]
+    segment_mib: u64,
+    /// How the log reserves segment space (target wal).
+    #[arg(long, value_enum, default_value = "fallocate")]
+    preallocation: PreallocationArg,
+    /// Create each segment at the roll instead of preparing it in the background (target wal).
+    #[arg(long)]
+    no_prepare: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PreallocationArg {
+    ZeroFill,
+    Fallocate,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -110,6 +125,12 @@ fn main() -> anyhow::Result<()> {
 fn run_wal(args: &Args) -> anyhow::Result<Report> {
     let config = WalConfig {
         commit_window: Duration::from_micros(args.commit_window_us),
+        segment_bytes: args.segment_mib << 20,
+        preallocation: match args.preallocation {
+            PreallocationArg::ZeroFill => Preallocation::ZeroFill,
+            PreallocationArg::Fallocate => Preallocation::Fallocate,
+        },
+        prepare_next_segment: !args.no_prepare,
         ..WalConfig::default()
     };
     let wal = Arc::new(Wal::open(wal_dir(&args.data_dir), config).context("opening the log")?);
