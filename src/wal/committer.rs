@@ -91,8 +91,8 @@ impl Committer {
         }
     }
 
-    /// Keeps the next segment being prepared while one is active, so a roll never
-    /// zero-fills 64 MiB while every appender waits.
+    /// Keeps the next segment being prepared while one is active, so a roll only writes a
+    /// header and renames while appenders wait.
     fn prepare_spare(&mut self) {
         if !self.shared.config.prepare_next_segment || self.spare.is_some() || self.active.is_none()
         {
