@@ -70,7 +70,11 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, config: &WalConfig) -> 
             .sync_dir(dir)
             .map_err(|e| WalError::io("syncing the WAL folder", e))?;
     }
-    let scan = scan_log(&files, |_| {}, |_| {});
+    let scan = scan_log(
+        &files,
+        |_| {},
+        |segment| tracing::debug!(segment = %segment.segment, records = segment.records, "verified a WAL segment"),
+    );
     if let Some(at) = scan.corruption {
         return Err(WalError::Corruption(at));
     }
