@@ -5,4 +5,5 @@
 
 pub mod observation;
 pub mod synthetic;
+pub mod transport;
 pub mod wal;

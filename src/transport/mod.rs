@@ -1,0 +1,3 @@
+//! Transports: the engram/1 protocol over QUIC; later the WebSocket gateway and HTTP.
+
+pub mod protocol;

@@ -1,0 +1,313 @@
+//! The engram/1 codec against docs/protocol.md, byte for byte, and its decoder's edges.
+
+use std::collections::BTreeMap;
+
+use engram::transport::protocol::{
+    ErrorCode, Frame, Limits, LoadState, ObserveFrame, ProtocolError, RejectCode,
+    FRAME_BYTES_MAX_DEFAULT,
+};
+use proptest::prelude::*;
+
+/// The ```hex NAME blocks of docs/protocol.md.
+fn doc_examples() -> BTreeMap<String, Vec<u8>> {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md")).unwrap();
+    let mut examples = BTreeMap::new();
+    let mut current: Option<(String, Vec<u8>)> = None;
+    for line in doc.lines() {
+        if let Some(name) = line.strip_prefix("```hex ") {
+            current = Some((name.trim().to_owned(), Vec::new()));
+        } else if line.starts_with("```") {
+            if let Some((name, bytes)) = current.take() {
+                examples.insert(name, bytes);
+            }
+        } else if let Some((_, bytes)) = current.as_mut() {
+            bytes.extend(
+                line.split_whitespace()
+                    .map(|h| u8::from_str_radix(h, 16).expect("hex byte")),
+            );
+        }
+    }
+    examples
+}
+
+fn expected_frames() -> BTreeMap<&'static str, Frame> {
+    BTreeMap::from([
+        (
+            "hello",
+            Frame::Hello {
+                version: 1,
+                client_name: "cli".into(),
+                resume_token: None,
+            },
+        ),
+        (
+            "hello_resume",
+            Frame::Hello {
+                version: 1,
+                client_name: "cli".into(),
+                resume_token: Some(std::array::from_fn(|i| i as u8)),
+            },
+        ),
+        (
+            "observe",
+            Frame::Observe(ObserveFrame {
+                seq: 7,
+                space: "notes".into(),
+                id: "n-1".into(),
+                when_unix_ns: 1_700_000_000_000_000_000,
+                confidence: 0.5,
+                what: "heron".into(),
+                embedding: vec![1.0, -0.5],
+            }),
+        ),
+        ("client_goodbye", Frame::ClientGoodbye { last_seq: 7 }),
+        (
+            "welcome",
+            Frame::Welcome {
+                session_id: 3,
+                resume_token: [0xaa; 16],
+                last_acked_seq: 6,
+                limits: Limits {
+                    frame_bytes_max: 1 << 20,
+                    space_name_bytes_max: 64,
+                    id_bytes_max: 256,
+                    what_bytes_max: 64 << 10,
+                    embedding_dim_max: 4096,
+                    inflight_bytes_max: 8 << 20,
+                },
+            },
+        ),
+        ("ack", Frame::Ack { seq: 7, lsn: 42 }),
+        (
+            "reject",
+            Frame::Reject {
+                seq: 8,
+                code: RejectCode::DimensionMismatch as u16,
+                field: "embedding".into(),
+                expected: "dimension 384".into(),
+                got: "dimension 2".into(),
+            },
+        ),
+        (
+            "flow_control",
+            Frame::FlowControl {
+                credits: 65536,
+                state: LoadState::Warning,
+                retry_after_ms: 0,
+            },
+        ),
+        ("server_goodbye", Frame::ServerGoodbye { last_acked_seq: 7 }),
+        (
+            "error",
+            Frame::Error {
+                code: ErrorCode::UnsupportedVersion as u16,
+                message: "version 2 is not supported".into(),
+            },
+        ),
+    ])
+}
+
+#[test]
+fn every_documented_example_matches_the_codec_byte_for_byte() {
+    let examples = doc_examples();
+    let frames = expected_frames();
+    assert_eq!(
+        examples.keys().map(String::as_str).collect::<Vec<_>>(),
+        frames.keys().copied().collect::<Vec<_>>()
+    );
+    for (name, frame) in frames {
+        let mut encoded = Vec::new();
+        frame.encode(&mut encoded);
+        assert_eq!(
+            encoded, examples[name],
+            "example {name}: the codec and docs/protocol.md differ"
+        );
+        let (decoded, used) = Frame::decode(&examples[name], FRAME_BYTES_MAX_DEFAULT)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (decoded, used),
+            (frame, examples[name].len()),
+            "example {name}"
+        );
+    }
+}
+
+#[test]
+fn malformed_frames_get_typed_errors() {
+    let examples = doc_examples();
+    let ack = &examples["ack"];
+    // A length over the limit is refused before the body is even there.
+    assert_eq!(
+        Frame::decode(&[0xff, 0xff, 0xff, 0x7f], 1 << 20),
+        Err(ProtocolError::FrameLength {
+            length: 0x7fff_ffff,
+            max: 1 << 20
+        })
+    );
+    assert_eq!(
+        Frame::decode(&[0, 0, 0, 0, 0x42], 1 << 20),
+        Err(ProtocolError::FrameLength {
+            length: 0,
+            max: 1 << 20
+        })
+    );
+    let mut unknown = ack.clone();
+    unknown[4] = 0x7e;
+    assert_eq!(
+        Frame::decode(&unknown, 1 << 20),
+        Err(ProtocolError::UnknownType { code: 0x7e })
+    );
+    let mut trailing = ack.clone();
+    trailing.push(0);
+    trailing[0] += 1;
+    assert!(matches!(
+        Frame::decode(&trailing, 1 << 20),
+        Err(ProtocolError::TrailingBytes { extra: 1, .. })
+    ));
+    let mut short = ack.clone();
+    short.pop();
+    short[0] -= 1;
+    assert!(matches!(
+        Frame::decode(&short, 1 << 20),
+        Err(ProtocolError::Truncated { field: "lsn", .. })
+    ));
+    // An Observe whose dimension promises more floats than the frame holds.
+    let mut observe = examples["observe"].clone();
+    let dim_at = observe.len() - 12;
+    observe[dim_at] = 200;
+    assert!(matches!(
+        Frame::decode(&observe, 1 << 20),
+        Err(ProtocolError::Truncated {
+            field: "embedding",
+            ..
+        })
+    ));
+    let mut bad_utf8 = examples["hello"].clone();
+    bad_utf8[8] = 0xff;
+    assert_eq!(
+        Frame::decode(&bad_utf8, 1 << 20),
+        Err(ProtocolError::InvalidUtf8 {
+            field: "client_name"
+        })
+    );
+    let mut bad_state = examples["flow_control"].clone();
+    bad_state[9] = 9;
+    assert_eq!(
+        Frame::decode(&bad_state, 1 << 20),
+        Err(ProtocolError::InvalidValue {
+            field: "state",
+            value: 9
+        })
+    );
+}
+
+/// Up to `max` chars (4 bytes each at most): str8 fields use max <= 60, within 255 bytes.
+fn arb_string(max: usize) -> impl Strategy<Value = String> {
+    prop::collection::vec(any::<char>(), 0..max).prop_map(|c| c.into_iter().collect::<String>())
+}
+
+fn arb_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (
+            any::<u16>(),
+            arb_string(40),
+            prop::option::of(any::<[u8; 16]>())
+        )
+            .prop_map(|(version, client_name, resume_token)| Frame::Hello {
+                version,
+                client_name,
+                resume_token
+            }),
+        (
+            any::<u64>(),
+            arb_string(30),
+            arb_string(100),
+            any::<i64>(),
+            any::<f32>(),
+            arb_string(300),
+            prop::collection::vec(any::<f32>(), 0..64)
+        )
+            .prop_map(
+                |(seq, space, id, when_unix_ns, confidence, what, embedding)| Frame::Observe(
+                    ObserveFrame {
+                        seq,
+                        space,
+                        id,
+                        when_unix_ns,
+                        confidence,
+                        what,
+                        embedding
+                    }
+                )
+            ),
+        (any::<u64>(), any::<u64>()).prop_map(|(seq, lsn)| Frame::Ack { seq, lsn }),
+        (
+            any::<u64>(),
+            any::<u16>(),
+            arb_string(30),
+            arb_string(60),
+            arb_string(60)
+        )
+            .prop_map(|(seq, code, field, expected, got)| Frame::Reject {
+                seq,
+                code,
+                field,
+                expected,
+                got
+            }),
+        (
+            any::<u32>(),
+            prop::sample::select(vec![
+                LoadState::Normal,
+                LoadState::Warning,
+                LoadState::Critical,
+                LoadState::Overloaded
+            ]),
+            any::<u32>()
+        )
+            .prop_map(|(credits, state, retry_after_ms)| Frame::FlowControl {
+                credits,
+                state,
+                retry_after_ms
+            }),
+        (any::<u16>(), arb_string(100)).prop_map(|(code, message)| Frame::Error { code, message }),
+    ]
+}
+
+/// Frames equal for our purpose: floats compared by bits, so NaN round-trips count.
+fn same(a: &Frame, b: &Frame) -> bool {
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    a.encode(&mut x);
+    b.encode(&mut y);
+    x == y
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn frames_round_trip_and_every_prefix_asks_for_more(frames in prop::collection::vec(arb_frame(), 1..5)) {
+        let mut stream = Vec::new();
+        for f in &frames {
+            f.encode(&mut stream);
+        }
+        let mut at = 0;
+        for f in &frames {
+            let (decoded, used) = Frame::decode(&stream[at..], FRAME_BYTES_MAX_DEFAULT).unwrap().expect("a whole frame");
+            prop_assert!(same(&decoded, f));
+            for cut in 0..used {
+                prop_assert_eq!(Frame::decode(&stream[at..at + cut], FRAME_BYTES_MAX_DEFAULT), Ok(None), "a prefix of {} bytes", cut);
+            }
+            at += used;
+        }
+        prop_assert_eq!(at, stream.len());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoder(bytes in prop::collection::vec(any::<u8>(), 0..2000)) {
+        let _ = Frame::decode(&bytes, 4096);
+    }
+}
