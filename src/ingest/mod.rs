@@ -1,0 +1,15 @@
+//! Ingest: validation, per-space dimensions and exactly-once dedupe, between the transport
+//! and the log. Sessions, the durable-to-index dispatch and backpressure join them with the
+//! serve and index issues.
+
+pub mod dedupe;
+pub mod limits;
+pub mod rebuild;
+pub mod spaces;
+pub mod validate;
+
+pub use dedupe::{DedupeIndex, Reservation};
+pub use limits::IngestLimits;
+pub use rebuild::{rebuild, RebuildError};
+pub use spaces::SpaceRegistry;
+pub use validate::{validate, Rejection};
