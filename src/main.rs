@@ -1,4 +1,4 @@
-//! `engram`: the server, and (as the transport lands) the client CLI.
+//! `engram`: the server, and (with the rest of the serve issue) the client CLI.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use engram::wal::{wal_dir, RecoveryMode, Wal, WalConfig};
+use std::sync::Arc;
+
+use engram::ingest::{Engine, IngestLimits};
+use engram::transport::tls::ServerIdentity;
+use engram::wal::{RecoveryMode, WalConfig};
 
 #[derive(Parser)]
 #[command(name = "engram", version, about = "A durable streaming memory server")]
@@ -17,7 +21,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server: recover the log, then serve until SIGTERM or ctrl-c.
+    /// Run the server: recover the log, then serve QUIC until SIGTERM or ctrl-c.
     Serve(ServeArgs),
 }
 
@@ -26,6 +30,16 @@ struct ServeArgs {
     /// Where the log (and later the indexes) live.
     #[arg(long, env = "ENGRAM_DATA_DIR", default_value = "./engram-data")]
     data_dir: PathBuf,
+    /// Where QUIC clients connect (ALPN engram/1). Port 0 picks a free port (logged).
+    #[arg(long, env = "ENGRAM_QUIC_ADDR", default_value = "127.0.0.1:7400")]
+    quic_addr: std::net::SocketAddr,
+    /// A TLS certificate (DER or PEM). Without one, a self-signed certificate is made once
+    /// in DATA_DIR/tls/ and its SHA-256 fingerprint logged.
+    #[arg(long, env = "ENGRAM_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (DER PKCS#8 or PEM).
+    #[arg(long, env = "ENGRAM_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Size every WAL segment is preallocated to.
     #[arg(long, env = "ENGRAM_WAL_SEGMENT_BYTES", default_value_t = engram::wal::SEGMENT_BYTES_DEFAULT)]
     wal_segment_bytes: u64,
@@ -84,26 +98,42 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         recovery_mode: args.wal_recovery_mode.into(),
         ..WalConfig::default()
     };
-    let dir = wal_dir(&args.data_dir);
-    let wal =
-        Wal::open(&dir, config).with_context(|| format!("opening the WAL in {}", dir.display()))?;
-    // Signal handlers go in before the server says it is up, so that a SIGTERM sent as
-    // soon as it is up is a graceful shutdown, not the default kill.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let identity = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => ServerIdentity::from_files(cert, key)?,
+        _ => ServerIdentity::load_or_generate(&args.data_dir)?,
+    };
+    let engine = Engine::open(&args.data_dir, config, IngestLimits::default())
+        .with_context(|| format!("opening the data in {}", args.data_dir.display()))?;
+    let engine = Arc::new(engine);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let shutdown = runtime.block_on(async { ShutdownSignal::install() })?;
-    let report = wal.recovery_report();
+    runtime.block_on(async {
+        // Signal handlers go in before the server says it is up, so that a SIGTERM sent
+        // as soon as it is up is a graceful shutdown, not the default kill.
+        let shutdown = ShutdownSignal::install()?;
+        let endpoint = quinn::Endpoint::server(identity.quic_server_config()?, args.quic_addr)
+            .with_context(|| format!("binding QUIC to {}", args.quic_addr))?;
+        let report = engine.wal().recovery_report();
+        tracing::info!(
+            quic_addr = %endpoint.local_addr()?,
+            data_dir = %args.data_dir.display(),
+            cert = %identity.cert_path.display(),
+            cert_sha256 = %identity.fingerprint(),
+            records = report.records,
+            last_lsn = %report.last_lsn,
+            recovery_ms = report.duration.as_secs_f64() * 1e3,
+            "engram is up"
+        );
+        engram::transport::quic::serve(endpoint, engine.clone(), shutdown.wait()).await;
+        anyhow::Ok(())
+    })?;
     tracing::info!(
-        data_dir = %args.data_dir.display(),
-        records = report.records,
-        last_lsn = %report.last_lsn,
-        recovery_ms = report.duration.as_secs_f64() * 1e3,
-        "engram is up: the log is recovered and open (network transports arrive with the serve issue)"
+        "shutting down: every session acknowledged what it read; syncing and closing the log"
     );
-    runtime.block_on(shutdown.wait());
-    tracing::info!("shutting down: syncing and closing the log");
-    wal.close()?;
+    let engine =
+        Arc::try_unwrap(engine).map_err(|_| anyhow::anyhow!("a session outlived the server"))?;
+    engine.close()?;
     Ok(())
 }
 

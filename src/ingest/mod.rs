@@ -3,12 +3,14 @@
 //! serve and index issues.
 
 pub mod dedupe;
+pub mod engine;
 pub mod limits;
 pub mod rebuild;
 pub mod spaces;
 pub mod validate;
 
 pub use dedupe::{DedupeIndex, Reservation};
+pub use engine::{Engine, EngineError, Handled};
 pub use limits::IngestLimits;
 pub use rebuild::{rebuild, RebuildError};
 pub use spaces::SpaceRegistry;

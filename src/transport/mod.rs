@@ -1,3 +1,6 @@
 //! Transports: the engram/1 protocol over QUIC; later the WebSocket gateway and HTTP.
 
+pub mod framed;
 pub mod protocol;
+pub mod quic;
+pub mod tls;

@@ -1,6 +1,8 @@
 //! Helpers shared by the WAL integration tests.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::Path;
 
 use engram::wal::{scan_log, Entry, LogFiles, LogScan, Lsn, OsStorage, RecordKind, WalConfig};

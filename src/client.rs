@@ -1,0 +1,248 @@
+//! The Rust client: a session over QUIC that streams observations and follows their acks.
+//! Reconnection with resume is the caller's loop for now (see `Session::connect` with a
+//! token); automatic reconnect with backoff comes with the rest of the serve issue.
+
+use std::net::SocketAddr;
+
+use tokio::sync::watch;
+
+use crate::observation::Observation;
+use crate::transport::framed::{write_frames, FrameReader, StreamError};
+use crate::transport::protocol::{
+    Frame, Limits, ObserveFrame, PROTOCOL_VERSION, RESUME_TOKEN_BYTES,
+};
+use crate::transport::tls::{quic_client_config, TlsError};
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub addr: SocketAddr,
+    /// The server's certificate (DER), trusted as the only root.
+    pub cert_der: Vec<u8>,
+    /// The name the certificate is for; the generated one is for `localhost`.
+    pub server_name: String,
+    pub client_name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("connecting to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("the server ended the session: error {code}: {message}")]
+    Server { code: u16, message: String },
+    #[error("the server sent {0} where it should not")]
+    Unexpected(String),
+    #[error("the session ended before seq {seq} was acknowledged (last acked {acked})")]
+    Ended { seq: u64, acked: u64 },
+}
+
+/// A refused observation, as the server named it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejected {
+    pub seq: u64,
+    pub code: u16,
+    pub field: String,
+    pub expected: String,
+    pub got: String,
+}
+
+/// What the server has said so far.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    /// Every observation up to this seq is durable or rejected.
+    pub acked_seq: u64,
+    pub lsn: u64,
+    pub rejected: Vec<Rejected>,
+    /// Set when the session is over: the server's Goodbye, its Error, or a lost stream.
+    pub ended: Option<String>,
+    pub error: Option<(u16, String)>,
+}
+
+pub struct Session {
+    _endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    progress: watch::Receiver<Progress>,
+    next_seq: u64,
+    pub session_id: u64,
+    pub resume_token: [u8; RESUME_TOKEN_BYTES],
+    pub limits: Limits,
+}
+
+impl Session {
+    /// Opens a session; with `resume`, continues that one after the last acked seq.
+    pub async fn connect(
+        options: &ClientOptions,
+        resume: Option<[u8; RESUME_TOKEN_BYTES]>,
+    ) -> Result<Session, ClientError> {
+        let connect_err = |reason: String| ClientError::Connect {
+            addr: options.addr,
+            reason,
+        };
+        let bind: SocketAddr = if options.addr.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .expect("valid");
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_err(e.to_string()))?;
+        endpoint.set_default_client_config(quic_client_config(&options.cert_der)?);
+        let connection = endpoint
+            .connect(options.addr, &options.server_name)
+            .map_err(|e| connect_err(e.to_string()))?
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let (mut send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            client_name: options.client_name.clone(),
+            resume_token: resume,
+        };
+        write_frames(&mut send, &[hello]).await?;
+        let mut reader =
+            FrameReader::new(recv, crate::transport::protocol::FRAME_BYTES_MAX_DEFAULT);
+        let (session_id, resume_token, last_acked_seq, limits) = match reader.next().await? {
+            Some(Frame::Welcome {
+                session_id,
+                resume_token,
+                last_acked_seq,
+                limits,
+            }) => (session_id, resume_token, last_acked_seq, limits),
+            Some(Frame::Error { code, message }) => {
+                return Err(ClientError::Server { code, message })
+            }
+            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        };
+        let (tx, progress) = watch::channel(Progress {
+            acked_seq: last_acked_seq,
+            ..Progress::default()
+        });
+        tokio::spawn(follow(reader, tx));
+        Ok(Session {
+            _endpoint: endpoint,
+            connection,
+            send,
+            progress,
+            next_seq: last_acked_seq + 1,
+            session_id,
+            resume_token,
+            limits,
+        })
+    }
+
+    /// Sends one observation; returns its seq. Acknowledgement comes later (`wait_acked`).
+    pub async fn send(&mut self, obs: &Observation) -> Result<u64, ClientError> {
+        let seq = self.next_seq;
+        let frame = Frame::Observe(ObserveFrame {
+            seq,
+            space: obs.space.clone(),
+            id: obs.id.clone(),
+            when_unix_ns: obs.when_unix_ns,
+            confidence: obs.confidence,
+            what: obs.what.clone(),
+            embedding: obs.embedding.clone(),
+        });
+        write_frames(&mut self.send, &[frame]).await?;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    pub fn progress(&self) -> Progress {
+        self.progress.borrow().clone()
+    }
+
+    /// Waits until every observation up to `seq` is acknowledged.
+    pub async fn wait_acked(&mut self, seq: u64) -> Result<Progress, ClientError> {
+        let progress = self
+            .progress
+            .wait_for(|p| p.acked_seq >= seq || p.ended.is_some())
+            .await
+            .map(|p| p.clone());
+        match progress {
+            Ok(p) if p.acked_seq >= seq => Ok(p),
+            Ok(p) => match p.error {
+                Some((code, message)) => Err(ClientError::Server { code, message }),
+                None => Err(ClientError::Ended {
+                    seq,
+                    acked: p.acked_seq,
+                }),
+            },
+            Err(_) => Err(ClientError::Ended { seq, acked: 0 }),
+        }
+    }
+
+    /// Says goodbye after the last sent observation and waits for the server's goodbye.
+    pub async fn goodbye(mut self) -> Result<Progress, ClientError> {
+        let last_seq = self.next_seq - 1;
+        write_frames(&mut self.send, &[Frame::ClientGoodbye { last_seq }]).await?;
+        let _ = self.send.finish();
+        let progress = self
+            .progress
+            .wait_for(|p| p.ended.is_some())
+            .await
+            .map(|p| p.clone())
+            .unwrap_or_default();
+        self.connection.close(0u32.into(), b"goodbye");
+        Ok(progress)
+    }
+}
+
+/// Applies the server's frames to the progress until the stream ends.
+async fn follow(mut reader: FrameReader, progress: watch::Sender<Progress>) {
+    loop {
+        let frame = reader.next().await;
+        let mut done = false;
+        progress.send_modify(|p| match frame {
+            Ok(Some(Frame::Ack { seq, lsn })) => {
+                p.acked_seq = p.acked_seq.max(seq);
+                p.lsn = p.lsn.max(lsn);
+            }
+            Ok(Some(Frame::Reject {
+                seq,
+                code,
+                field,
+                expected,
+                got,
+            })) => p.rejected.push(Rejected {
+                seq,
+                code,
+                field,
+                expected,
+                got,
+            }),
+            Ok(Some(Frame::FlowControl { .. })) => {}
+            Ok(Some(Frame::ServerGoodbye { last_acked_seq })) => {
+                p.acked_seq = p.acked_seq.max(last_acked_seq);
+                p.ended = Some("goodbye".into());
+                done = true;
+            }
+            Ok(Some(Frame::Error { code, message })) => {
+                p.ended = Some(format!("error {code}: {message}"));
+                p.error = Some((code, message));
+                done = true;
+            }
+            Ok(Some(other)) => {
+                p.ended = Some(format!("unexpected {}", other.frame_type()));
+                done = true;
+            }
+            Ok(None) => {
+                p.ended = Some("stream finished".into());
+                done = true;
+            }
+            Err(e) => {
+                p.ended = Some(e.to_string());
+                done = true;
+            }
+        });
+        if done {
+            return;
+        }
+    }
+}

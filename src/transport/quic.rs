@@ -1,0 +1,404 @@
+//! The QUIC server: one task per connection, one session per bidirectional stream.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::framed::{write_frames, FrameReader, StreamError};
+use super::protocol::{
+    ErrorCode, Frame, LoadState, ObserveFrame, PROTOCOL_VERSION, RESUME_TOKEN_BYTES,
+};
+use crate::ingest::{Engine, EngineError, Handled};
+
+/// Observe frames read into one batch at most: one log append.
+const BATCH_OBSERVATIONS_MAX: usize = 1024;
+/// Batches of one session in flight between its reader and its acknowledger.
+const SESSION_BATCHES_IN_FLIGHT_MAX: usize = 16;
+/// Sessions remembered for resumption.
+const RESUMABLE_SESSIONS_MAX: usize = 100_000;
+
+type Token = [u8; RESUME_TOKEN_BYTES];
+
+/// What a resuming client needs: the last sequence number acknowledged in its session.
+#[derive(Default)]
+pub struct SessionTable {
+    next_id: AtomicU64,
+    acked: Mutex<HashMap<Token, (u64, u64)>>,
+}
+
+impl SessionTable {
+    fn open(&self, token: Option<Token>) -> Option<(u64, Token, u64)> {
+        let mut acked = self.acked.lock().expect("session table lock");
+        if let Some(token) = token {
+            let &(id, last) = acked.get(&token)?;
+            return Some((id, token, last));
+        }
+        if acked.len() >= RESUMABLE_SESSIONS_MAX {
+            // Forget an arbitrary old session; its client starts a new one and dedupe
+            // keeps its resent observations from being stored twice.
+            let victim = *acked.keys().next().expect("non-empty");
+            acked.remove(&victim);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let token: Token = rand::random();
+        acked.insert(token, (id, 0));
+        Some((id, token, 0))
+    }
+
+    fn acked(&self, token: &Token, seq: u64) {
+        if let Some(entry) = self
+            .acked
+            .lock()
+            .expect("session table lock")
+            .get_mut(token)
+        {
+            entry.1 = entry.1.max(seq);
+        }
+    }
+}
+
+/// Serves sessions on `endpoint` until `shutdown` completes, then stops accepting, lets
+/// every session acknowledge what it has read, and returns.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    engine: Arc<Engine>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let sessions = Arc::new(SessionTable::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let (engine, sessions, stop) = (engine.clone(), sessions.clone(), stop_rx.clone());
+                let remote = incoming.remote_address();
+                connections.spawn(async move {
+                    match incoming.await {
+                        Ok(conn) => serve_connection(conn, engine, sessions, stop).await,
+                        Err(e) => tracing::debug!(error = %e, "handshake failed"),
+                    }
+                }.instrument(tracing::info_span!("connection", %remote)));
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    endpoint.set_server_config(None);
+    let _ = stop_tx.send(true);
+    while connections.join_next().await.is_some() {}
+    endpoint.close(0u32.into(), b"shutdown");
+    endpoint.wait_idle().await;
+}
+
+async fn serve_connection(
+    conn: quinn::Connection,
+    engine: Arc<Engine>,
+    sessions: Arc<SessionTable>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut streams = JoinSet::new();
+    let mut stopping = stop.clone();
+    loop {
+        tokio::select! {
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    let (engine, sessions, stop) = (engine.clone(), sessions.clone(), stop.clone());
+                    streams.spawn(async move {
+                        if let Err(e) = run_session(engine, sessions, send, recv, stop).await {
+                            tracing::debug!(error = %e, "session ended with an error");
+                        }
+                    });
+                }
+                // A closed connection is the normal end.
+                Err(_) => break,
+            },
+            _ = stopping.wait_for(|s| *s) => break,
+        }
+    }
+    while streams.join_next().await.is_some() {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+enum Work {
+    Batch {
+        last_seq: u64,
+        rejected_seqs: Vec<u64>,
+        outcome: tokio::task::JoinHandle<Result<Vec<Handled>, EngineError>>,
+    },
+    Goodbye,
+    Error(ErrorCode, String),
+}
+
+async fn run_session(
+    engine: Arc<Engine>,
+    sessions: Arc<SessionTable>,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let limits = engine.limits().announced();
+    let mut reader = FrameReader::new(recv, limits.frame_bytes_max);
+    let hello = match reader.next().await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Ok(()),
+        Err(StreamError::Protocol(e)) => {
+            return close_with(&mut send, ErrorCode::MalformedFrame, e.to_string()).await
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let token = match hello {
+        Frame::Hello {
+            version,
+            resume_token,
+            ..
+        } if version == PROTOCOL_VERSION => resume_token,
+        Frame::Hello { version, .. } => {
+            return close_with(
+                &mut send,
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
+                ),
+            )
+            .await;
+        }
+        other => {
+            return close_with(
+                &mut send,
+                ErrorCode::UnexpectedFrame,
+                format!("expected Hello, got {}", other.frame_type()),
+            )
+            .await
+        }
+    };
+    let Some((session_id, token, last_acked_seq)) = sessions.open(token) else {
+        return close_with(
+            &mut send,
+            ErrorCode::UnknownResumeToken,
+            "unknown resume token: start a new session".into(),
+        )
+        .await;
+    };
+    write_frames(
+        &mut send,
+        &[
+            Frame::Welcome {
+                session_id,
+                resume_token: token,
+                last_acked_seq,
+                limits,
+            },
+            Frame::FlowControl {
+                credits: limits.inflight_bytes_max,
+                state: LoadState::Normal,
+                retry_after_ms: 0,
+            },
+        ],
+    )
+    .await?;
+    let (work_tx, work_rx) = mpsc::channel(SESSION_BATCHES_IN_FLIGHT_MAX);
+    let acknowledger = tokio::spawn(acknowledge(
+        send,
+        work_rx,
+        sessions.clone(),
+        token,
+        last_acked_seq,
+    ));
+    let read_result = read_observations(&engine, &mut reader, &work_tx, &mut stop).await;
+    if let Err(e) = &read_result {
+        let (code, message) = match e {
+            SessionError::Stream(StreamError::Protocol(p)) => {
+                (ErrorCode::MalformedFrame, p.to_string())
+            }
+            other => (ErrorCode::MalformedFrame, other.to_string()),
+        };
+        let _ = work_tx.send(Work::Error(code, message)).await;
+    }
+    drop(work_tx);
+    let acked = acknowledger.await.expect("the acknowledger does not panic");
+    read_result?;
+    acked
+}
+
+/// Reads Observe frames into batches (as many as already arrived), starting each batch's
+/// ingest at once and handing it to the acknowledger in order.
+async fn read_observations(
+    engine: &Arc<Engine>,
+    reader: &mut FrameReader,
+    work: &mpsc::Sender<Work>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    loop {
+        let first = tokio::select! {
+            frame = reader.next() => Some(frame?),
+            stopped = stop.wait_for(|s| *s) => {
+                drop(stopped);
+                None
+            }
+        };
+        // Shutting down: acknowledge what was read, say goodbye.
+        let Some(first) = first else {
+            let _ = work.send(Work::Goodbye).await;
+            return Ok(());
+        };
+        let mut batch: Vec<ObserveFrame> = Vec::new();
+        let mut after = None;
+        let mut next = first;
+        loop {
+            match next {
+                Some(Frame::Observe(obs)) => batch.push(obs),
+                other => {
+                    after = Some(other);
+                    break;
+                }
+            }
+            if batch.len() >= BATCH_OBSERVATIONS_MAX {
+                break;
+            }
+            match reader.buffered().map_err(StreamError::from)? {
+                Some(frame) => next = Some(frame),
+                None => break,
+            }
+        }
+        if !batch.is_empty() {
+            let last_seq = batch.last().expect("non-empty").seq;
+            let seqs: Vec<u64> = batch.iter().map(|o| o.seq).collect();
+            let engine = engine.clone();
+            let outcome = tokio::spawn(async move { engine.ingest(batch).await });
+            if work
+                .send(Work::Batch {
+                    last_seq,
+                    rejected_seqs: seqs,
+                    outcome,
+                })
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        match after {
+            None => {}
+            Some(None) | Some(Some(Frame::ClientGoodbye { .. })) => {
+                let _ = work.send(Work::Goodbye).await;
+                return Ok(());
+            }
+            Some(Some(other)) => {
+                let _ = work
+                    .send(Work::Error(
+                        ErrorCode::UnexpectedFrame,
+                        format!("unexpected {} frame in a session", other.frame_type()),
+                    ))
+                    .await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Waits for each batch in order and answers: a Reject per refused observation, then one
+/// cumulative Ack for the batch. Every observation up to an acked seq is durable or rejected.
+async fn acknowledge(
+    mut send: quinn::SendStream,
+    mut work: mpsc::Receiver<Work>,
+    sessions: Arc<SessionTable>,
+    token: Token,
+    mut last_acked: u64,
+) -> Result<(), SessionError> {
+    let mut last_lsn = 0u64;
+    while let Some(item) = work.recv().await {
+        match item {
+            Work::Batch {
+                last_seq,
+                rejected_seqs: seqs,
+                outcome,
+            } => {
+                let outcomes = match outcome.await.expect("ingest does not panic") {
+                    Ok(outcomes) => outcomes,
+                    Err(e) => {
+                        write_frames(
+                            &mut send,
+                            &[Frame::Error {
+                                code: ErrorCode::StorageFailed as u16,
+                                message: e.to_string(),
+                            }],
+                        )
+                        .await?;
+                        let _ = send.finish();
+                        return Err(e.into());
+                    }
+                };
+                let mut frames = Vec::new();
+                for (seq, handled) in seqs.iter().zip(outcomes) {
+                    match handled {
+                        Handled::Stored { lsn } | Handled::Duplicate { lsn } => {
+                            last_lsn = last_lsn.max(lsn.0)
+                        }
+                        Handled::Rejected(rejection) => frames.push(rejection.to_frame(*seq)),
+                    }
+                }
+                last_acked = last_acked.max(last_seq);
+                frames.push(Frame::Ack {
+                    seq: last_acked,
+                    lsn: last_lsn,
+                });
+                write_frames(&mut send, &frames).await?;
+                sessions.acked(&token, last_acked);
+            }
+            Work::Goodbye => {
+                write_frames(
+                    &mut send,
+                    &[Frame::ServerGoodbye {
+                        last_acked_seq: last_acked,
+                    }],
+                )
+                .await?;
+                let _ = send.finish();
+                return Ok(());
+            }
+            Work::Error(code, message) => {
+                write_frames(
+                    &mut send,
+                    &[Frame::Error {
+                        code: code as u16,
+                        message,
+                    }],
+                )
+                .await?;
+                let _ = send.finish();
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn close_with(
+    send: &mut quinn::SendStream,
+    code: ErrorCode,
+    message: String,
+) -> Result<(), SessionError> {
+    write_frames(
+        send,
+        &[Frame::Error {
+            code: code as u16,
+            message,
+        }],
+    )
+    .await?;
+    let _ = send.finish();
+    Ok(())
+}

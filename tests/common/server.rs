@@ -1,0 +1,83 @@
+//! Starting the real `engram serve` binary for a test, on a free port.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use engram::client::ClientOptions;
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The server's log lines after "engram is up", read by a thread.
+    pub log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `engram serve` on 127.0.0.1 with a free port and waits for "engram is up".
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .args(["serve", "--quic-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start engram serve");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let up = lines
+            .by_ref()
+            .map(|l| l.expect("server log"))
+            .find(|l| l.contains("engram is up"))
+            .expect("the server came up");
+        let addr = up
+            .split("quic_addr=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("quic_addr in the log");
+        let (tx, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Server {
+            child,
+            addr: addr.parse().expect("socket address"),
+            data_dir: data_dir.to_owned(),
+            log,
+        }
+    }
+
+    pub fn options(&self, client_name: &str) -> ClientOptions {
+        ClientOptions {
+            addr: self.addr,
+            cert_der: std::fs::read(self.data_dir.join("tls").join("cert.der"))
+                .expect("server certificate"),
+            server_name: "localhost".into(),
+            client_name: client_name.into(),
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,266 @@
+//! The real `engram serve` binary over real QUIC on loopback.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::server::Server;
+use engram::client::Session;
+use engram::observation::Observation;
+use engram::synthetic::{observation, Distribution};
+use engram::wal::{wal_dir, Lsn, Wal, WalConfig};
+
+const DIM: usize = 32;
+
+fn obs(space: &str, n: u64) -> Observation {
+    observation(5, space, "id-", n, DIM, Distribution::Uniform)
+}
+
+/// (space, id) -> how many times it is in the log.
+fn stored(data_dir: &std::path::Path) -> HashMap<(String, String), u32> {
+    let wal = Wal::open(wal_dir(data_dir), WalConfig::default()).unwrap();
+    let mut cursor = wal.reader().cursor(Lsn(1));
+    let mut counts = HashMap::new();
+    while let Some(record) = cursor.read_next().unwrap() {
+        let o = Observation::view(record.payload()).unwrap();
+        *counts
+            .entry((o.space.as_str().to_owned(), o.id.as_str().to_owned()))
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_observations_from_four_connections_are_acked_and_stored_once() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let clients: Vec<_> = (0..4u64)
+        .map(|c| {
+            let options = server.options(&format!("client-{c}"));
+            tokio::spawn(async move {
+                let mut session = Session::connect(&options, None).await.unwrap();
+                let mut last = 0;
+                for n in (c..10_000).step_by(4) {
+                    last = session.send(&obs("load", n)).await.unwrap();
+                }
+                let progress = session.wait_acked(last).await.unwrap();
+                assert!(progress.rejected.is_empty(), "{:?}", progress.rejected);
+                let end = session.goodbye().await.unwrap();
+                assert_eq!(end.ended.as_deref(), Some("goodbye"));
+                assert_eq!(end.acked_seq, 2500);
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    // A client that resends what was stored: acknowledged, not stored again.
+    let mut again = Session::connect(&server.options("resender"), None)
+        .await
+        .unwrap();
+    let mut last = 0;
+    for n in 0..200 {
+        last = again.send(&obs("load", n)).await.unwrap();
+    }
+    let progress = again.wait_acked(last).await.unwrap();
+    assert!(progress.rejected.is_empty());
+    again.goodbye().await.unwrap();
+
+    assert!(server.terminate().success(), "a clean exit after SIGTERM");
+    let counts = stored(data.path());
+    assert_eq!(counts.len(), 10_000, "every observation stored");
+    assert!(counts.values().all(|&c| c == 1), "none stored twice");
+    for n in 0..10_000 {
+        assert!(
+            counts.contains_key(&("load".to_owned(), format!("id-{n}"))),
+            "id-{n} missing"
+        );
+    }
+}
+
+/// Sends raw bytes on a fresh session stream and returns every frame the server answers
+/// until it closes the stream.
+async fn raw_exchange(server: &Server, bytes: &[u8]) -> Vec<engram::transport::protocol::Frame> {
+    use engram::transport::framed::FrameReader;
+    let options = server.options("raw");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(
+        engram::transport::tls::quic_client_config(&options.cert_der).unwrap(),
+    );
+    let conn = endpoint
+        .connect(options.addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    let mut reader = FrameReader::new(recv, 1 << 20);
+    let mut frames = Vec::new();
+    while let Ok(Some(frame)) = reader.next().await {
+        frames.push(frame);
+    }
+    frames
+}
+
+fn hello(version: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    engram::transport::protocol::Frame::Hello {
+        version,
+        client_name: "raw".into(),
+        resume_token: None,
+    }
+    .encode(&mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bad_input_gets_its_typed_answer_and_the_server_keeps_serving() {
+    use engram::transport::protocol::{ErrorCode, Frame, RejectCode};
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+
+    // Bad observations: a Reject naming the field, and the session goes on.
+    let mut session = Session::connect(&server.options("validating"), None)
+        .await
+        .unwrap();
+    let good = session.send(&obs("v", 0)).await.unwrap();
+    let mut bad: Vec<(Observation, RejectCode, &str)> = vec![
+        (
+            observation(5, "v", "id-", 1, DIM + 1, Distribution::Uniform),
+            RejectCode::DimensionMismatch,
+            "embedding",
+        ),
+        (
+            Observation {
+                embedding: {
+                    let mut e = obs("v", 2).embedding;
+                    e[3] = f32::NAN;
+                    e
+                },
+                ..obs("v", 2)
+            },
+            RejectCode::NonFiniteEmbedding,
+            "embedding",
+        ),
+        (
+            Observation {
+                space: "no spaces!".into(),
+                ..obs("v", 3)
+            },
+            RejectCode::InvalidSpace,
+            "space",
+        ),
+        (
+            Observation {
+                confidence: 2.0,
+                ..obs("v", 4)
+            },
+            RejectCode::ConfidenceOutOfRange,
+            "confidence",
+        ),
+        (
+            Observation {
+                what: "w".repeat(70_000),
+                ..obs("v", 5)
+            },
+            RejectCode::WhatTooLong,
+            "what",
+        ),
+    ];
+    let mut seqs = Vec::new();
+    for (o, _, _) in &bad {
+        seqs.push(session.send(o).await.unwrap());
+    }
+    let after = session.send(&obs("v", 6)).await.unwrap();
+    let progress = session.wait_acked(after).await.unwrap();
+    assert!(good < seqs[0] && after > *seqs.last().unwrap());
+    assert_eq!(
+        progress.rejected.len(),
+        bad.len(),
+        "{:?}",
+        progress.rejected
+    );
+    for ((seq, (_, code, field)), rejected) in
+        seqs.iter().zip(bad.drain(..)).zip(&progress.rejected)
+    {
+        assert_eq!(
+            (rejected.seq, rejected.code, rejected.field.as_str()),
+            (*seq, code as u16, field)
+        );
+        assert!(
+            !rejected.expected.is_empty() && !rejected.got.is_empty(),
+            "{rejected:?}"
+        );
+    }
+    let dim = progress
+        .rejected
+        .iter()
+        .find(|r| r.code == RejectCode::DimensionMismatch as u16)
+        .unwrap();
+    assert_eq!(
+        (dim.expected.as_str(), dim.got.as_str()),
+        ("dimension 32 (space v)", "dimension 33")
+    );
+    session.goodbye().await.unwrap();
+
+    // Malformed streams: a typed Error, then the stream ends.
+    let error_code = |frames: &[Frame]| match frames.last() {
+        Some(Frame::Error { code, .. }) => *code,
+        other => panic!("expected an Error frame, got {other:?}"),
+    };
+    assert_eq!(
+        error_code(&raw_exchange(&server, &hello(2)).await),
+        ErrorCode::UnsupportedVersion as u16
+    );
+    let mut garbage = hello(1);
+    garbage.extend_from_slice(&[0x05, 0x00, 0x00, 0x00, 0x99, 1, 2, 3, 4]);
+    assert_eq!(
+        error_code(&raw_exchange(&server, &garbage).await),
+        ErrorCode::MalformedFrame as u16,
+        "unknown frame type"
+    );
+    let mut oversize = hello(1);
+    oversize.extend_from_slice(&(64u32 << 20).to_le_bytes());
+    oversize.push(0x02);
+    assert_eq!(
+        error_code(&raw_exchange(&server, &oversize).await),
+        ErrorCode::MalformedFrame as u16,
+        "oversize frame"
+    );
+    let mut observe_first = Vec::new();
+    Frame::Observe(engram::transport::protocol::ObserveFrame {
+        seq: 1,
+        space: "v".into(),
+        id: "x".into(),
+        when_unix_ns: 0,
+        confidence: 0.5,
+        what: String::new(),
+        embedding: vec![0.0; DIM],
+    })
+    .encode(&mut observe_first);
+    assert_eq!(
+        error_code(&raw_exchange(&server, &observe_first).await),
+        ErrorCode::UnexpectedFrame as u16
+    );
+    let pure_garbage: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8).collect();
+    assert_eq!(
+        error_code(&raw_exchange(&server, &pure_garbage).await),
+        ErrorCode::MalformedFrame as u16,
+        "garbage"
+    );
+
+    // Other sessions are served all along.
+    let mut later = Session::connect(&server.options("later"), None)
+        .await
+        .unwrap();
+    let seq = later.send(&obs("v", 7)).await.unwrap();
+    assert!(later.wait_acked(seq).await.unwrap().rejected.is_empty());
+    later.goodbye().await.unwrap();
+    assert!(server.terminate().success());
+    let counts = stored(data.path());
+    assert_eq!(
+        counts.len(),
+        3,
+        "only the valid observations are stored: {counts:?}"
+    );
+}
