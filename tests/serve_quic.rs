@@ -264,3 +264,42 @@ async fn each_bad_input_gets_its_typed_answer_and_the_server_keeps_serving() {
         "only the valid observations are stored: {counts:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_mid_stream_resumes_with_nothing_lost_or_duplicated() {
+    use engram::client::{Backoff, ObservationStream};
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let mut stream = ObservationStream::connect(server.options("resumer"), Backoff::default())
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    for n in 0..3000 {
+        if n == 1000 || n == 2000 {
+            stream.abort_connection();
+        }
+        stream.send(obs("resume", n)).await.unwrap();
+        acked.extend(stream.take_acked());
+    }
+    stream.flush().await.unwrap();
+    acked.extend(stream.take_acked());
+    assert!(stream.take_rejected().is_empty());
+    assert!(
+        stream.connects >= 3,
+        "the stream reconnected after each drop ({} connects)",
+        stream.connects
+    );
+    stream.close().await.unwrap();
+    let mut ids: Vec<String> = acked.iter().map(|o| o.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        (acked.len(), ids.len()),
+        (3000, 3000),
+        "every observation acknowledged once"
+    );
+    assert!(server.terminate().success());
+    let counts = stored(data.path());
+    assert_eq!(counts.len(), 3000);
+    assert!(counts.values().all(|&c| c == 1), "nothing stored twice");
+}

@@ -19,8 +19,13 @@ pub struct Server {
 impl Server {
     /// Starts `engram serve` on 127.0.0.1 with a free port and waits for "engram is up".
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_at(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts `engram serve` on `addr` and waits for "engram is up".
+    pub fn start_at(data_dir: &Path, addr: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
-            .args(["serve", "--quic-addr", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--quic-addr", addr, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "info")
@@ -54,13 +59,20 @@ impl Server {
     }
 
     pub fn options(&self, client_name: &str) -> ClientOptions {
-        ClientOptions {
-            addr: self.addr,
-            cert_der: std::fs::read(self.data_dir.join("tls").join("cert.der"))
-                .expect("server certificate"),
-            server_name: "localhost".into(),
-            client_name: client_name.into(),
-        }
+        let cert =
+            std::fs::read(self.data_dir.join("tls").join("cert.der")).expect("server certificate");
+        ClientOptions::new(self.addr, cert, client_name)
+    }
+
+    /// SIGKILL: no shutdown, no last sync.
+    pub fn kill9(&mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, then the exit status.

@@ -1,6 +1,9 @@
-//! The Rust client: a session over QUIC that streams observations and follows their acks.
-//! Reconnection with resume is the caller's loop for now (see `Session::connect` with a
-//! token); automatic reconnect with backoff comes with the rest of the serve issue.
+//! The Rust client: `Session` is one engram/1 session over QUIC; `ObservationStream`
+//! keeps streaming across lost connections and server restarts (stream.rs).
+
+mod stream;
+
+pub use stream::{Backoff, ObservationStream};
 
 use std::net::SocketAddr;
 
@@ -21,7 +24,24 @@ pub struct ClientOptions {
     /// The name the certificate is for; the generated one is for `localhost`.
     pub server_name: String,
     pub client_name: String,
+    /// A server that sends nothing for this long is taken as gone (keep-alives flow every
+    /// third of it), and the stream reconnects.
+    pub idle_timeout: std::time::Duration,
 }
+
+impl ClientOptions {
+    pub fn new(addr: SocketAddr, cert_der: Vec<u8>, client_name: &str) -> ClientOptions {
+        ClientOptions {
+            addr,
+            cert_der,
+            server_name: "localhost".into(),
+            client_name: client_name.into(),
+            idle_timeout: IDLE_TIMEOUT_DEFAULT,
+        }
+    }
+}
+
+pub const IDLE_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -90,7 +110,15 @@ impl Session {
         .parse()
         .expect("valid");
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_err(e.to_string()))?;
-        endpoint.set_default_client_config(quic_client_config(&options.cert_der)?);
+        let mut config = quic_client_config(&options.cert_der)?;
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(options.idle_timeout / 3));
+        transport.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(options.idle_timeout)
+                .map_err(|e| connect_err(e.to_string()))?,
+        ));
+        config.transport_config(std::sync::Arc::new(transport));
+        endpoint.set_default_client_config(config);
         let connection = endpoint
             .connect(options.addr, &options.server_name)
             .map_err(|e| connect_err(e.to_string()))?
@@ -176,6 +204,11 @@ impl Session {
             },
             Err(_) => Err(ClientError::Ended { seq, acked: 0 }),
         }
+    }
+
+    /// Drops the connection at once, as a network failure would (for tests and tools).
+    pub fn abort(&self) {
+        self.connection.close(1u32.into(), b"aborted");
     }
 
     /// Says goodbye after the last sent observation and waits for the server's goodbye.

@@ -1,0 +1,245 @@
+//! Streaming that survives lost connections and server restarts, without losing or
+//! duplicating anything.
+//!
+//! Every observation stays in `pending` until the server acknowledges it. After a lost
+//! connection the stream reconnects with exponential backoff and jitter and resumes its
+//! session: the server's Welcome says the last acknowledged seq, and the rest is resent
+//! with the same seqs. If the server restarted and no longer knows the session, a new one
+//! starts and everything pending is resent; the server's exactly-once dedupe acknowledges
+//! what it had already stored without storing it again.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::{ClientError, ClientOptions, Rejected, Session};
+use crate::observation::Observation;
+use crate::transport::protocol::{ErrorCode, RESUME_TOKEN_BYTES};
+
+/// Reconnection delays: `initial`, doubling up to `max`, each with up to 50% random jitter
+/// so that many clients do not retry in step. Gives up after `attempts_max` failures in a row.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub attempts_max: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(5),
+            attempts_max: 60,
+        }
+    }
+}
+
+impl Backoff {
+    fn delay(&self, attempt: u32) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max);
+        base.mul_f64(1.0 + rand::random::<f64>() * 0.5)
+    }
+}
+
+/// Observations held while unacknowledged, at most; `send` waits for acks past it.
+pub const PENDING_OBSERVATIONS_MAX: usize = 4096;
+
+pub struct ObservationStream {
+    options: ClientOptions,
+    backoff: Backoff,
+    session: Option<Session>,
+    token: Option<[u8; RESUME_TOKEN_BYTES]>,
+    /// Sent (or to be resent) and not yet acknowledged, with their seq in the session.
+    pending: VecDeque<(u64, Observation)>,
+    acked: Vec<Observation>,
+    rejected: Vec<(Observation, Rejected)>,
+    rejects_seen: usize,
+    /// Connections made, the first included.
+    pub connects: u32,
+}
+
+impl ObservationStream {
+    pub async fn connect(
+        options: ClientOptions,
+        backoff: Backoff,
+    ) -> Result<ObservationStream, ClientError> {
+        let mut stream = ObservationStream {
+            options,
+            backoff,
+            session: None,
+            token: None,
+            pending: VecDeque::new(),
+            acked: Vec::new(),
+            rejected: Vec::new(),
+            rejects_seen: 0,
+            connects: 0,
+        };
+        stream.reconnect().await?;
+        Ok(stream)
+    }
+
+    /// Queues and sends one observation, reconnecting if the connection is lost.
+    pub async fn send(&mut self, obs: Observation) -> Result<(), ClientError> {
+        while self.pending.len() >= PENDING_OBSERVATIONS_MAX {
+            let oldest = self.pending.front().expect("non-empty").0;
+            self.wait_acked_once(oldest).await?;
+        }
+        loop {
+            let session = self.session.as_mut().expect("connected");
+            match session.send(&obs).await {
+                Ok(seq) => {
+                    self.pending.push_back((seq, obs));
+                    return Ok(());
+                }
+                Err(ClientError::Stream(_)) => self.reconnect().await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until everything sent so far is acknowledged.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        while let Some(&(last, _)) = self.pending.back() {
+            self.wait_acked_once(last).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes in whatever the server acknowledged so far, without waiting.
+    pub fn poll_acked(&mut self) {
+        if let Some(session) = &self.session {
+            let progress = session.progress();
+            self.settle(progress.acked_seq, &progress.rejected);
+        }
+    }
+
+    /// Observations acknowledged (durable) since the last call, in order.
+    pub fn take_acked(&mut self) -> Vec<Observation> {
+        std::mem::take(&mut self.acked)
+    }
+
+    /// Observations the server refused, with why, since the last call.
+    pub fn take_rejected(&mut self) -> Vec<(Observation, Rejected)> {
+        std::mem::take(&mut self.rejected)
+    }
+
+    /// Drops the connection, as a network failure would.
+    pub fn abort_connection(&self) {
+        if let Some(session) = &self.session {
+            session.abort();
+        }
+    }
+
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        self.flush().await?;
+        if let Some(session) = self.session.take() {
+            session.goodbye().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits once for `seq` to be acknowledged, reconnecting if the session is lost. Seqs
+    /// change when the stream reconnects to a restarted server, so callers take the seq
+    /// from `pending` again after every call.
+    async fn wait_acked_once(&mut self, seq: u64) -> Result<(), ClientError> {
+        let session = self.session.as_mut().expect("connected");
+        match session.wait_acked(seq).await {
+            Ok(progress) => {
+                self.settle(progress.acked_seq, &progress.rejected);
+                Ok(())
+            }
+            Err(ClientError::Ended { .. }) | Err(ClientError::Stream(_)) => self.reconnect().await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves everything up to `acked_seq` out of `pending`: rejected ones to `rejected`.
+    fn settle(&mut self, acked_seq: u64, rejected: &[Rejected]) {
+        let new_rejects = &rejected[self.rejects_seen.min(rejected.len())..];
+        self.rejects_seen = rejected.len();
+        while self
+            .pending
+            .front()
+            .is_some_and(|(seq, _)| *seq <= acked_seq)
+        {
+            let (seq, obs) = self.pending.pop_front().expect("non-empty");
+            match new_rejects.iter().find(|r| r.seq == seq) {
+                Some(r) => self.rejected.push((obs, r.clone())),
+                None => self.acked.push(obs),
+            }
+        }
+    }
+
+    /// Connects (resuming the session if the server still knows it) and resends every
+    /// observation the server has not acknowledged.
+    async fn reconnect(&mut self) -> Result<(), ClientError> {
+        if let Some(old) = self.session.take() {
+            // What the old session had acknowledged before it was lost still counts.
+            let progress = old.progress();
+            self.settle(progress.acked_seq, &progress.rejected);
+            old.abort();
+        }
+        let mut failures = 0;
+        loop {
+            match Session::connect(&self.options, self.token).await {
+                Ok(mut session) => {
+                    self.connects += 1;
+                    self.rejects_seen = 0;
+                    if self.token == Some(session.resume_token) {
+                        // Resumed: seqs are still this session's; drop what it acknowledged.
+                        self.settle(session.progress().acked_seq, &[]);
+                    }
+                    self.token = Some(session.resume_token);
+                    // No acknowledgement may settle an entry before it is sent again.
+                    for entry in self.pending.iter_mut() {
+                        entry.0 = UNSENT;
+                    }
+                    let mut lost = false;
+                    for entry in self.pending.iter_mut() {
+                        match session.send(&entry.1).await {
+                            Ok(seq) => entry.0 = seq,
+                            Err(_) => {
+                                lost = true;
+                                break;
+                            }
+                        }
+                    }
+                    if !lost {
+                        self.session = Some(session);
+                        return Ok(());
+                    }
+                    let progress = session.progress();
+                    self.settle(progress.acked_seq, &progress.rejected);
+                    session.abort();
+                    failures += 1;
+                    if failures >= self.backoff.attempts_max {
+                        return Err(ClientError::Ended {
+                            seq: 0,
+                            acked: progress.acked_seq,
+                        });
+                    }
+                }
+                Err(ClientError::Server { code, .. })
+                    if code == ErrorCode::UnknownResumeToken as u16 =>
+                {
+                    // The server restarted: start over; dedupe keeps resends exactly-once.
+                    self.token = None;
+                    continue;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures >= self.backoff.attempts_max {
+                        return Err(e);
+                    }
+                }
+            }
+            tokio::time::sleep(self.backoff.delay(failures.saturating_sub(1))).await;
+        }
+    }
+}
+
+/// The seq of a pending observation not yet sent in the current session.
+const UNSENT: u64 = u64::MAX;
