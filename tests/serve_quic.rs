@@ -303,3 +303,57 @@ async fn a_connection_dropped_mid_stream_resumes_with_nothing_lost_or_duplicated
     assert_eq!(counts.len(), 3000);
     assert!(counts.values().all(|&c| c == 1), "nothing stored twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_acknowledges_everything_it_accepted() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let mut session = Session::connect(&server.options("shutdown"), None)
+        .await
+        .unwrap();
+    let mut sent = Vec::new();
+    for n in 0..3000 {
+        sent.push((session.send(&obs("down", n)).await.unwrap(), n));
+    }
+    // Some are acknowledged, more are in flight: now stop the server.
+    session.wait_acked(sent[100].0).await.unwrap();
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let end = loop {
+        let progress = session.progress();
+        if progress.ended.is_some() {
+            break progress;
+        }
+        // Wait for the server's next word: an ack or its goodbye.
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            session.wait_acked(progress.acked_seq + 1),
+        )
+        .await;
+    };
+    assert_eq!(
+        end.ended.as_deref(),
+        Some("goodbye"),
+        "the server said goodbye: {end:?}"
+    );
+    assert!(end.acked_seq > sent[100].0);
+    assert!(server.wait_exit().success(), "a clean exit after SIGTERM");
+    let counts = stored(data.path());
+    // Everything it acknowledged is stored, once; nothing it did not acknowledge was lost
+    // silently: the client knows exactly which seqs to resend.
+    for (seq, n) in &sent {
+        let key = ("down".to_owned(), format!("id-{n}"));
+        if *seq <= end.acked_seq {
+            assert_eq!(
+                counts.get(&key),
+                Some(&1),
+                "acked seq {seq} must be stored once"
+            );
+        }
+    }
+    assert!(counts.values().all(|&c| c == 1));
+}

@@ -75,6 +75,11 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// Waits for a server that was already told to stop.
+    pub fn wait_exit(mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
