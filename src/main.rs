@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
 use engram::ingest::{Engine, IngestLimits};
+use engram::transport::http::Readiness;
 use engram::transport::tls::ServerIdentity;
 use engram::wal::{RecoveryMode, WalConfig};
 
@@ -33,6 +34,9 @@ struct ServeArgs {
     /// Where QUIC clients connect (ALPN engram/1). Port 0 picks a free port (logged).
     #[arg(long, env = "ENGRAM_QUIC_ADDR", default_value = "127.0.0.1:7400")]
     quic_addr: std::net::SocketAddr,
+    /// Where GET /health and GET /ready answer. Port 0 picks a free port (logged).
+    #[arg(long, env = "ENGRAM_HTTP_ADDR", default_value = "127.0.0.1:7480")]
+    http_addr: std::net::SocketAddr,
     /// A TLS certificate (DER or PEM). Without one, a self-signed certificate is made once
     /// in DATA_DIR/tls/ and its SHA-256 fingerprint logged.
     #[arg(long, env = "ENGRAM_TLS_CERT", requires = "tls_key")]
@@ -102,12 +106,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => ServerIdentity::from_files(cert, key)?,
         _ => ServerIdentity::load_or_generate(&args.data_dir)?,
     };
-    let engine = Engine::open(&args.data_dir, config, IngestLimits::default())
-        .with_context(|| format!("opening the data in {}", args.data_dir.display()))?;
-    let engine = Arc::new(engine);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // HTTP first, so that /ready says "recovering" while the log is being recovered.
+    let readiness = Readiness::default();
+    let http = runtime
+        .block_on(tokio::net::TcpListener::bind(args.http_addr))
+        .with_context(|| format!("binding HTTP to {}", args.http_addr))?;
+    let http_addr = http.local_addr()?;
+    let router = engram::transport::http::router(readiness.clone());
+    runtime.spawn(async move {
+        if let Err(e) = axum::serve(http, router).await {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    });
+    let engine = Engine::open(&args.data_dir, config, IngestLimits::default())
+        .with_context(|| format!("opening the data in {}", args.data_dir.display()))?;
+    let engine = Arc::new(engine);
+    readiness.set(&engine);
     runtime.block_on(async {
         // Signal handlers go in before the server says it is up, so that a SIGTERM sent
         // as soon as it is up is a graceful shutdown, not the default kill.
@@ -117,6 +134,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let report = engine.wal().recovery_report();
         tracing::info!(
             quic_addr = %endpoint.local_addr()?,
+            http_addr = %http_addr,
             data_dir = %args.data_dir.display(),
             cert = %identity.cert_path.display(),
             cert_sha256 = %identity.fingerprint(),
@@ -131,9 +149,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         "shutting down: every session acknowledged what it read; syncing and closing the log"
     );
-    let engine =
-        Arc::try_unwrap(engine).map_err(|_| anyhow::anyhow!("a session outlived the server"))?;
-    engine.close()?;
+    match Arc::try_unwrap(engine) {
+        Ok(engine) => engine.close()?,
+        // A /ready request holds it for a moment: the last holder closes the log on drop.
+        Err(shared) => drop(shared),
+    }
     Ok(())
 }
 

@@ -40,7 +40,14 @@ fn serve_recovers_the_log_holds_its_lock_and_stops_cleanly_on_sigterm() {
     }
     let mut server = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_engram"))
-            .args(["serve", "--quic-addr", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--quic-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data.path())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -357,3 +357,27 @@ async fn graceful_shutdown_acknowledges_everything_it_accepted() {
     }
     assert!(counts.values().all(|&c| c == 1));
 }
+
+#[test]
+fn health_and_ready_answer_over_http() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let (status, body) = server.http_get("/health");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"],
+        "live"
+    );
+    let (status, body) = server.http_get("/ready");
+    assert_eq!(
+        status, 200,
+        "recovery is done once the server is up: {body}"
+    );
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (ready["ready"].as_bool(), ready["durable_lsn"].as_u64()),
+        (Some(true), Some(0))
+    );
+    assert_eq!(server.http_get("/nope").0, 404);
+    assert!(server.terminate().success());
+}

@@ -1,6 +1,7 @@
 //! Transports: the engram/1 protocol over QUIC; later the WebSocket gateway and HTTP.
 
 pub mod framed;
+pub mod http;
 pub mod protocol;
 pub mod quic;
 pub mod tls;

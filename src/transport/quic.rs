@@ -337,7 +337,7 @@ async fn acknowledge(
                             }],
                         )
                         .await?;
-                        let _ = send.finish();
+                        finish_delivered(&mut send).await;
                         return Err(e.into());
                     }
                 };
@@ -366,7 +366,7 @@ async fn acknowledge(
                     }],
                 )
                 .await?;
-                let _ = send.finish();
+                finish_delivered(&mut send).await;
                 return Ok(());
             }
             Work::Error(code, message) => {
@@ -378,7 +378,7 @@ async fn acknowledge(
                     }],
                 )
                 .await?;
-                let _ = send.finish();
+                finish_delivered(&mut send).await;
                 return Ok(());
             }
         }
@@ -399,6 +399,18 @@ async fn close_with(
         }],
     )
     .await?;
-    let _ = send.finish();
+
+    finish_delivered(send).await;
     Ok(())
+}
+
+/// How long a closing session waits for its last frames to reach the client.
+const LAST_WORDS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Finishes the stream and waits until the client has acknowledged all of it, so that a
+/// shutdown that closes the connection next does not drop the last Ack or the Goodbye.
+async fn finish_delivered(send: &mut quinn::SendStream) {
+    if send.finish().is_ok() {
+        let _ = tokio::time::timeout(LAST_WORDS_TIMEOUT, send.stopped()).await;
+    }
 }

@@ -49,7 +49,7 @@ pub struct WalConfig {
     /// Largest record payload accepted.
     pub record_payload_bytes_max: u32,
     pub recovery_mode: RecoveryMode,
-    /// Keep the next segment prepared (preallocated, zero-filled) in the background, so a
+    /// Keep the next segment prepared (preallocated and synced) in the background, so a
     /// roll costs a header write and a rename, not a 64 MiB write while appenders wait.
     pub prepare_next_segment: bool,
 }

@@ -47,7 +47,8 @@ pub(crate) fn is_storage_full(e: &io::Error) -> bool {
 
 impl Segment {
     /// Makes a preallocated, synced file under a temporary name, ready to become a segment.
-    /// This is the slow part (zero-filling 64 MiB), so the committer has it done in the
+    /// This is the slow part (a sync of the allocation, or of 64 MiB of zeros with
+    /// `Preallocation::ZeroFill`), so the committer has it done in the
     /// background before the active segment fills up.
     pub(crate) fn prepare(
         storage: &dyn Storage,

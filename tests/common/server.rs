@@ -11,6 +11,7 @@ use engram::client::ClientOptions;
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub data_dir: PathBuf,
     /// The server's log lines after "engram is up", read by a thread.
     pub log: std::sync::mpsc::Receiver<String>,
@@ -25,10 +26,20 @@ impl Server {
     /// Starts `engram serve` on `addr` and waits for "engram is up".
     pub fn start_at(data_dir: &Path, addr: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
-            .args(["serve", "--quic-addr", addr, "--data-dir"])
+            .args([
+                "serve",
+                "--quic-addr",
+                addr,
+                "--http-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("ENGRAM_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -44,6 +55,13 @@ impl Server {
             .nth(1)
             .and_then(|s| s.split_whitespace().next())
             .expect("quic_addr in the log");
+        let http_addr = up
+            .split("http_addr=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("http_addr in the log")
+            .parse()
+            .expect("socket address");
         let (tx, log) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
@@ -53,6 +71,7 @@ impl Server {
         Server {
             child,
             addr: addr.parse().expect("socket address"),
+            http_addr,
             data_dir: data_dir.to_owned(),
             log,
         }
@@ -73,6 +92,30 @@ impl Server {
             .unwrap()
             .success());
         let _ = self.child.wait();
+    }
+
+    /// GET `path` on the HTTP address: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.http_addr).expect("connect HTTP");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("an HTTP status");
+        let body = response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        (status, body)
     }
 
     /// Waits for a server that was already told to stop.

@@ -1,0 +1,59 @@
+//! HTTP: GET /health (the process is alive) and GET /ready (recovery is done and the log
+//! accepts writes). /metrics joins with the observability issue.
+
+use std::sync::{Arc, OnceLock, Weak};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::ingest::Engine;
+
+/// Filled in once recovery is done; until then /ready answers 503.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    // Weak: the HTTP server must not keep the engine (and its log) alive at shutdown.
+    engine: Arc<OnceLock<Weak<Engine>>>,
+}
+
+impl Readiness {
+    pub fn set(&self, engine: &Arc<Engine>) {
+        let _ = self.engine.set(Arc::downgrade(engine));
+    }
+}
+
+pub fn router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .with_state(readiness)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "live" }))
+}
+
+async fn ready(State(readiness): State<Readiness>) -> (StatusCode, Json<serde_json::Value>) {
+    match readiness.engine.get().and_then(Weak::upgrade) {
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reason": "recovering the log" })),
+        ),
+        Some(engine) => match engine.wal().failure() {
+            Some(cause) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(
+                    json!({ "ready": false, "reason": "the log failed; restart the server", "cause": cause }),
+                ),
+            ),
+            None => (
+                StatusCode::OK,
+                Json(
+                    json!({ "ready": true, "durable_lsn": engine.wal().durable_lsn(), "spaces": engine.spaces().len() }),
+                ),
+            ),
+        },
+    }
+}
