@@ -95,6 +95,7 @@ fn engram_load_acks_every_observation_and_records_each_id() {
     let data = tempfile::tempdir().unwrap();
     let ids = data.path().join("ids.txt");
     let out = Command::new(env!("CARGO_BIN_EXE_engram-load"))
+        .args(["--target", "wal"])
         .args([
             "--count",
             "2000",

@@ -381,3 +381,64 @@ fn health_and_ready_answer_over_http() {
     assert_eq!(server.http_get("/nope").0, 404);
     assert!(server.terminate().success());
 }
+
+#[test]
+fn engram_load_streams_to_the_server_and_records_every_acked_id() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let ids = data.path().join("ids.txt");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_engram-load"))
+        .args([
+            "--target",
+            "quic",
+            "--addr",
+            &server.addr.to_string(),
+            "--cert",
+        ])
+        .arg(data.path().join("tls").join("cert.der"))
+        .args([
+            "--count",
+            "3000",
+            "--dim",
+            "24",
+            "--connections",
+            "3",
+            "--space",
+            "loadq",
+            "--json",
+            "--ids-out",
+        ])
+        .arg(&ids)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            report["sent"].as_u64(),
+            report["acked"].as_u64(),
+            report["rejected"].as_u64()
+        ),
+        (Some(3000), Some(3000), Some(0))
+    );
+    let lines: Vec<String> = std::fs::read_to_string(&ids)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let unique: std::collections::HashSet<&String> = lines.iter().collect();
+    assert_eq!((lines.len(), unique.len()), (3000, 3000));
+    assert!(server.terminate().success());
+    let counts = stored(data.path());
+    for id in &lines {
+        assert_eq!(
+            counts.get(&("loadq".to_owned(), id.clone())),
+            Some(&1),
+            "{id}"
+        );
+    }
+}

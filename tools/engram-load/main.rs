@@ -1,8 +1,8 @@
 //! engram-load: a load generator. Observations are synthetic and deterministic in
 //! (seed, space, id), so any checker can recompute what was sent.
 //!
-//! Target `wal` appends straight to a local log (the durable core, without the network);
-//! the QUIC target arrives with the server (issue "Serve").
+//! Target `quic` (the default) streams to a server; target `wal` appends straight to a
+//! local log (the durable core, without the network).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, IsTerminal, Write};
@@ -25,9 +25,16 @@ use serde::Serialize;
     about = "Generate observation load and report acked rate and latency"
 )]
 struct Args {
-    /// Where to send: `wal` appends to the log in --data-dir directly.
-    #[arg(long, value_enum, default_value = "wal")]
+    /// Where to send: `quic` streams to a server at --addr; `wal` appends to the log in
+    /// --data-dir directly (the durable core without the network).
+    #[arg(long, value_enum, default_value = "quic")]
     target: Target,
+    /// The server (target quic).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    addr: std::net::SocketAddr,
+    /// The server's certificate (target quic); the server writes it to DATA_DIR/tls/.
+    #[arg(long, default_value = "./engram-data/tls/cert.der")]
+    cert: PathBuf,
     #[arg(long, default_value = "./engram-load-data")]
     data_dir: PathBuf,
     #[arg(long, default_value = "load")]
@@ -79,6 +86,7 @@ enum PreallocationArg {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Target {
+    Quic,
     Wal,
 }
 
@@ -109,6 +117,7 @@ fn main() -> anyhow::Result<()> {
     );
     let report = match args.target {
         Target::Wal => run_wal(&args)?,
+        Target::Quic => run_quic(&args)?,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -134,17 +143,7 @@ fn run_wal(args: &Args) -> anyhow::Result<Report> {
         ..WalConfig::default()
     };
     let wal = Arc::new(Wal::open(wal_dir(&args.data_dir), config).context("opening the log")?);
-    let ids_out = match &args.ids_out {
-        Some(path) => Some(Mutex::new(BufWriter::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening {}", path.display()))?,
-        ))),
-        None => None,
-    };
-    let ids_out: Arc<Option<Mutex<BufWriter<File>>>> = Arc::new(ids_out);
+    let ids_out = open_ids_out(args)?;
     let bar = progress_bar(args.count);
     let sent = Arc::new(AtomicU64::new(0));
     let rejected = Arc::new(AtomicU64::new(0));
@@ -171,28 +170,57 @@ fn run_wal(args: &Args) -> anyhow::Result<Report> {
     });
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let mut all: Vec<f64> = latencies.into_iter().flatten().collect();
-    all.sort_by(f64::total_cmp);
-    let acked = all.len() as u64;
-    let pick = |q: f64| {
-        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
+    let all: Vec<f64> = latencies.into_iter().flatten().collect();
+    Ok(report(
+        "wal",
+        all,
+        sent.load(Ordering::Relaxed),
+        rejected.load(Ordering::Relaxed),
+        seconds,
+    ))
+}
+
+/// The file acked ids are appended to, if any; shared by every sender.
+fn open_ids_out(args: &Args) -> anyhow::Result<Arc<Option<Mutex<BufWriter<File>>>>> {
+    let Some(path) = &args.ids_out else {
+        return Ok(Arc::new(None));
     };
-    Ok(Report {
-        target: "wal",
-        sent: sent.load(Ordering::Relaxed),
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok(Arc::new(Some(Mutex::new(BufWriter::new(file)))))
+}
+
+/// The report from every acked observation's latency (ms).
+fn report(
+    target: &'static str,
+    mut latencies: Vec<f64>,
+    sent: u64,
+    rejected: u64,
+    seconds: f64,
+) -> Report {
+    latencies.sort_by(f64::total_cmp);
+    let acked = latencies.len() as u64;
+    let pick = |q: f64| {
+        let i = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+        latencies.get(i).copied().unwrap_or(0.0)
+    };
+    Report {
+        target,
+        sent,
         acked,
-        rejected: rejected.load(Ordering::Relaxed),
+        rejected,
         seconds,
         obs_per_sec: acked as f64 / seconds,
         ack_latency_ms: Latency {
             p50: pick(0.50),
             p90: pick(0.90),
             p99: pick(0.99),
-            max: all.last().copied().unwrap_or(0.0),
+            max: latencies.last().copied().unwrap_or(0.0),
         },
-    })
+    }
 }
 
 /// One sender: its share of the observations, in batches, paced to its share of --rate.
@@ -278,4 +306,125 @@ fn progress_bar(count: u64) -> ProgressBar {
             .expect("static template"),
     );
     bar
+}
+
+/// Streams to a server: one resilient session per connection, each paced to its share of
+/// --rate. An observation's latency runs from its send to the ack that covers it.
+fn run_quic(args: &Args) -> anyhow::Result<Report> {
+    let cert = std::fs::read(&args.cert)
+        .with_context(|| format!("reading the server certificate {}", args.cert.display()))?;
+    let ids_out = open_ids_out(args)?;
+    let bar = progress_bar(args.count);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<(Vec<f64>, u64, u64)>> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..args.connections)
+            .map(|sender| {
+                let options = engram::client::ClientOptions::new(
+                    args.addr,
+                    cert.clone(),
+                    &format!("engram-load-{sender}"),
+                );
+                let mine: Vec<u64> = (sender as u64..args.count)
+                    .step_by(args.connections)
+                    .collect();
+                let (ids_out, bar) = (ids_out.clone(), bar.clone());
+                let (seed, space, dim, distribution) =
+                    (args.seed, args.space.clone(), args.dim, args.distribution);
+                let interval = (args.rate > 0)
+                    .then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
+                tokio::spawn(async move {
+                    let mut stream =
+                        engram::client::ObservationStream::connect(options, Default::default())
+                            .await?;
+                    let mut sent_at = std::collections::VecDeque::new();
+                    let (mut latencies, mut rejected) = (Vec::with_capacity(mine.len()), 0u64);
+                    let start = Instant::now();
+                    for (i, &n) in mine.iter().enumerate() {
+                        if let Some(interval) = interval {
+                            tokio::time::sleep_until((start + interval * i as u32).into()).await;
+                        }
+                        stream
+                            .send(synthetic::observation(
+                                seed,
+                                &space,
+                                "obs-",
+                                n,
+                                dim,
+                                distribution,
+                            ))
+                            .await?;
+                        sent_at.push_back(Instant::now());
+                        stream.poll_acked();
+                        account(
+                            &mut stream,
+                            &mut sent_at,
+                            &mut latencies,
+                            &mut rejected,
+                            &ids_out,
+                            &bar,
+                        );
+                    }
+                    stream.flush().await?;
+                    account(
+                        &mut stream,
+                        &mut sent_at,
+                        &mut latencies,
+                        &mut rejected,
+                        &ids_out,
+                        &bar,
+                    );
+                    stream.close().await?;
+                    anyhow::Ok((latencies, mine.len() as u64, rejected))
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("sender task"));
+        }
+        out
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let (mut all, mut sent, mut rejected) = (Vec::new(), 0, 0);
+    for r in results {
+        let (l, s, j) = r?;
+        all.extend(l);
+        sent += s;
+        rejected += j;
+    }
+    Ok(report("quic", all, sent, rejected, seconds))
+}
+
+/// Takes the acks that arrived: latencies, the ids file, the progress bar.
+fn account(
+    stream: &mut engram::client::ObservationStream,
+    sent_at: &mut std::collections::VecDeque<Instant>,
+    latencies: &mut Vec<f64>,
+    rejected: &mut u64,
+    ids_out: &Arc<Option<Mutex<BufWriter<File>>>>,
+    bar: &ProgressBar,
+) {
+    let acked = stream.take_acked();
+    let refused = stream.take_rejected();
+    let now = Instant::now();
+    // Acks settle in send order; a refused observation's latency is not an ack's.
+    for _ in 0..acked.len() {
+        if let Some(t) = sent_at.pop_front() {
+            latencies.push((now - t).as_secs_f64() * 1e3);
+        }
+    }
+    sent_at.drain(..refused.len().min(sent_at.len()));
+    *rejected += refused.len() as u64;
+    if let (Some(out), false) = (ids_out.as_ref(), acked.is_empty()) {
+        let mut out = out.lock().expect("ids file lock");
+        for o in &acked {
+            let _ = writeln!(out, "{}", o.id);
+        }
+        let _ = out.flush();
+    }
+    bar.inc(acked.len() as u64);
 }
