@@ -168,15 +168,7 @@ impl Session {
     /// Sends one observation; returns its seq. Acknowledgement comes later (`wait_acked`).
     pub async fn send(&mut self, obs: &Observation) -> Result<u64, ClientError> {
         let seq = self.next_seq;
-        let frame = Frame::Observe(ObserveFrame {
-            seq,
-            space: obs.space.clone(),
-            id: obs.id.clone(),
-            when_unix_ns: obs.when_unix_ns,
-            confidence: obs.confidence,
-            what: obs.what.clone(),
-            embedding: obs.embedding.clone(),
-        });
+        let frame = Frame::Observe(ObserveFrame::new(seq, obs));
         write_frames(&mut self.send, &[frame]).await?;
         self.next_seq += 1;
         Ok(seq)

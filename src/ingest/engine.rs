@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::observation::Observation;
 use crate::transport::protocol::{ObserveFrame, RejectCode};
 use crate::wal::{wal_dir, Entry, Lsn, RecordKind, Wal, WalConfig, WalError};
 
@@ -103,7 +102,7 @@ impl Engine {
                     claims.push((i, claim));
                     entries.push(Entry {
                         kind: RecordKind::Observation,
-                        payload: to_observation(obs).to_payload(),
+                        payload: obs.observation().to_payload(),
                     });
                 }
             }
@@ -144,16 +143,5 @@ impl Engine {
             .into_iter()
             .map(|o| o.expect("every observation handled"))
             .collect())
-    }
-}
-
-fn to_observation(obs: &ObserveFrame) -> Observation {
-    Observation {
-        space: obs.space.clone(),
-        id: obs.id.clone(),
-        when_unix_ns: obs.when_unix_ns,
-        confidence: obs.confidence,
-        what: obs.what.clone(),
-        embedding: obs.embedding.clone(),
     }
 }

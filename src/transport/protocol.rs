@@ -97,6 +97,33 @@ pub struct ObserveFrame {
     pub embedding: Vec<f32>,
 }
 
+impl ObserveFrame {
+    /// The frame that carries `obs` as the session's `seq`-th observation.
+    pub fn new(seq: u64, obs: &crate::observation::Observation) -> ObserveFrame {
+        ObserveFrame {
+            seq,
+            space: obs.space.clone(),
+            id: obs.id.clone(),
+            when_unix_ns: obs.when_unix_ns,
+            confidence: obs.confidence,
+            what: obs.what.clone(),
+            embedding: obs.embedding.clone(),
+        }
+    }
+
+    /// The observation this frame carries, as the log stores it.
+    pub fn observation(&self) -> crate::observation::Observation {
+        crate::observation::Observation {
+            space: self.space.clone(),
+            id: self.id.clone(),
+            when_unix_ns: self.when_unix_ns,
+            confidence: self.confidence,
+            what: self.what.clone(),
+            embedding: self.embedding.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
     Hello {
