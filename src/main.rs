@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::sync::Arc;
 
 use engram::ingest::{Engine, IngestLimits};
@@ -28,6 +28,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// A TOML file with any of these settings, named as the flags with `_` for `-`
+    /// (`data_dir = "/var/lib/engram"`). A flag or its environment variable wins over the file.
+    #[arg(long, env = "ENGRAM_CONFIG")]
+    config: Option<PathBuf>,
     /// Where the log (and later the indexes) live.
     #[arg(long, env = "ENGRAM_DATA_DIR", default_value = "./engram-data")]
     data_dir: PathBuf,
@@ -89,9 +93,74 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match Cli::parse().command {
-        Command::Serve(args) => serve(args),
+    let matches = Cli::command().get_matches();
+    match Cli::from_arg_matches(&matches)?.command {
+        Command::Serve(mut args) => {
+            let given = matches
+                .subcommand_matches("serve")
+                .expect("the serve subcommand");
+            apply_config_file(&mut args, given)?;
+            serve(args)
+        }
     }
+}
+
+/// `--config FILE`: every serve setting, in TOML. Unknown keys are an error, so a typo
+/// never silently leaves a default in place.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data_dir: Option<PathBuf>,
+    quic_addr: Option<std::net::SocketAddr>,
+    http_addr: Option<std::net::SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    wal_segment_bytes: Option<u64>,
+    wal_commit_window_us: Option<u64>,
+    wal_commit_bytes_max: Option<u64>,
+    wal_recovery_mode: Option<String>,
+}
+
+/// Fills every setting that came from neither the command line nor the environment from
+/// the config file, if one is given.
+fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyhow::Result<()> {
+    use clap::parser::ValueSource;
+    let Some(path) = args.config.clone() else {
+        return Ok(());
+    };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let file: ConfigFile =
+        toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+    let from_file = |id: &str| {
+        !matches!(
+            given.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    macro_rules! fill {
+        ($field:ident, $convert:expr) => {
+            if let Some(value) = file.$field {
+                if from_file(stringify!($field)) {
+                    args.$field = $convert(value)?;
+                }
+            }
+        };
+    }
+    fill!(data_dir, anyhow::Ok);
+    fill!(quic_addr, anyhow::Ok);
+    fill!(http_addr, anyhow::Ok);
+    fill!(tls_cert, |v| anyhow::Ok(Some(v)));
+    fill!(tls_key, |v| anyhow::Ok(Some(v)));
+    fill!(wal_segment_bytes, anyhow::Ok);
+    fill!(wal_commit_window_us, anyhow::Ok);
+    fill!(wal_commit_bytes_max, anyhow::Ok);
+    fill!(wal_recovery_mode, |v: String| {
+        <RecoveryModeArg as clap::ValueEnum>::from_str(&v.replace('_', "-"), false)
+            .map_err(|e| anyhow::anyhow!("wal_recovery_mode in {}: {e}", path.display()))
+    });
+    tracing::info!(config = %path.display(), "read settings from the config file");
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -166,3 +166,68 @@ fn engram_load_acks_every_observation_and_records_each_id() {
         unique.into_iter().cloned().collect::<HashSet<String>>()
     );
 }
+
+#[test]
+fn serve_reads_a_toml_config_file_and_flags_win_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let from_file = dir.path().join("from-file");
+    let from_flag = dir.path().join("from-flag");
+    let config = dir.path().join("engram.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nquic_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\nwal_recovery_mode = \"absolute_consistency\"\n",
+            from_file
+        ),
+    )
+    .unwrap();
+    let up_line = |extra: &[&str]| {
+        let mut server = KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_engram"))
+                .args(["serve", "--config"])
+                .arg(&config)
+                .args(extra)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        watchdog(server.0.id(), 60);
+        let lines = BufReader::new(server.0.stderr.take().unwrap()).lines();
+        let up = lines
+            .map(|l| l.unwrap())
+            .find(|l| l.contains("engram is up"))
+            .expect("server came up");
+        drop(server);
+        up
+    };
+    let up = up_line(&[]);
+    assert!(
+        up.contains(&format!("data_dir={}", from_file.display())),
+        "{up}"
+    );
+    assert!(
+        from_file.join("tls").join("cert.der").exists(),
+        "the data went where the file said"
+    );
+    let flag = from_flag.to_str().unwrap();
+    let up = up_line(&["--data-dir", flag]);
+    assert!(
+        up.contains(&format!("data_dir={flag}")),
+        "the flag wins: {up}"
+    );
+
+    std::fs::write(&config, "data_dir = \"x\"\nquic_adr = \"127.0.0.1:0\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("quic_adr") && err.contains("unknown field"),
+        "{err}"
+    );
+}
