@@ -41,6 +41,10 @@ struct ServeArgs {
     /// Where GET /health and GET /ready answer. Port 0 picks a free port (logged).
     #[arg(long, env = "ENGRAM_HTTP_ADDR", default_value = "127.0.0.1:7480")]
     http_addr: std::net::SocketAddr,
+    /// Bytes of Observe frames a session may have unacknowledged (its credits, announced in
+    /// Welcome). Past them the server stops reading that session until acks free some.
+    #[arg(long, env = "ENGRAM_INFLIGHT_BYTES_MAX", default_value_t = engram::ingest::limits::INFLIGHT_BYTES_MAX_DEFAULT)]
+    inflight_bytes_max: u32,
     /// A TLS certificate (DER or PEM). Without one, a self-signed certificate is made once
     /// in DATA_DIR/tls/ and its SHA-256 fingerprint logged.
     #[arg(long, env = "ENGRAM_TLS_CERT", requires = "tls_key")]
@@ -115,6 +119,7 @@ struct ConfigFile {
     http_addr: Option<std::net::SocketAddr>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    inflight_bytes_max: Option<u32>,
     wal_segment_bytes: Option<u64>,
     wal_commit_window_us: Option<u64>,
     wal_commit_bytes_max: Option<u64>,
@@ -152,6 +157,7 @@ fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyhow::
     fill!(http_addr, anyhow::Ok);
     fill!(tls_cert, |v| anyhow::Ok(Some(v)));
     fill!(tls_key, |v| anyhow::Ok(Some(v)));
+    fill!(inflight_bytes_max, anyhow::Ok);
     fill!(wal_segment_bytes, anyhow::Ok);
     fill!(wal_commit_window_us, anyhow::Ok);
     fill!(wal_commit_bytes_max, anyhow::Ok);
@@ -175,6 +181,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => ServerIdentity::from_files(cert, key)?,
         _ => ServerIdentity::load_or_generate(&args.data_dir)?,
     };
+    let limits = IngestLimits {
+        inflight_bytes_max: args.inflight_bytes_max,
+        ..IngestLimits::default()
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -190,7 +200,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::error!(error = %e, "the HTTP server stopped");
         }
     });
-    let engine = Engine::open(&args.data_dir, config, IngestLimits::default())
+    let engine = Engine::open(&args.data_dir, config, limits)
         .with_context(|| format!("opening the data in {}", args.data_dir.display()))?;
     let engine = Arc::new(engine);
     readiness.set(&engine);

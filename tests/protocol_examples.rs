@@ -298,6 +298,9 @@ proptest! {
         for f in &frames {
             let (decoded, used) = Frame::decode(&stream[at..], FRAME_BYTES_MAX_DEFAULT).unwrap().expect("a whole frame");
             prop_assert!(same(&decoded, f));
+            if let Frame::Observe(o) = f {
+                prop_assert_eq!(o.encoded_len(), used, "credits are counted in real bytes");
+            }
             for cut in 0..used {
                 prop_assert_eq!(Frame::decode(&stream[at..at + cut], FRAME_BYTES_MAX_DEFAULT), Ok(None), "a prefix of {} bytes", cut);
             }

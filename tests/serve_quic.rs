@@ -442,3 +442,43 @@ fn engram_load_streams_to_the_server_and_records_every_acked_id() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_held_to_tiny_credits_still_stores_everything_once() {
+    use engram::client::{Backoff, ObservationStream};
+    let data = tempfile::tempdir().unwrap();
+    // 16 KiB of credits (about 90 of these observations) and slow commits: the server must
+    // stop reading and resume as acks free credits, without losing or repeating anything.
+    let server = Server::start(
+        data.path(),
+        &[
+            "--inflight-bytes-max",
+            "16384",
+            "--wal-commit-window-us",
+            "20000",
+        ],
+    );
+    let session = Session::connect(&server.options("announced"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        session.limits.inflight_bytes_max, 16384,
+        "Welcome announces the credits"
+    );
+    session.goodbye().await.unwrap();
+    let mut stream = ObservationStream::connect(server.options("tight"), Backoff::default())
+        .await
+        .unwrap();
+    for n in 0..2000 {
+        stream.send(obs("tight", n)).await.unwrap();
+    }
+    stream.flush().await.unwrap();
+    let acked = stream.take_acked();
+    assert_eq!(acked.len(), 2000);
+    assert_eq!(stream.connects, 1, "flow control, not a lost connection");
+    stream.close().await.unwrap();
+    assert!(server.terminate().success());
+    let counts = stored(data.path());
+    assert_eq!(counts.len(), 2000);
+    assert!(counts.values().all(|&c| c == 1));
+}

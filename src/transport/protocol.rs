@@ -111,6 +111,22 @@ impl ObserveFrame {
         }
     }
 
+    /// Bytes this frame takes on the wire, header included: what it costs in credits.
+    pub fn encoded_len(&self) -> usize {
+        FRAME_HEADER_BYTES
+            + 8
+            + 1
+            + self.space.len()
+            + 2
+            + self.id.len()
+            + 8
+            + 4
+            + 4
+            + self.what.len()
+            + 4
+            + 4 * self.embedding.len()
+    }
+
     /// The observation this frame carries, as the log stores it.
     pub fn observation(&self) -> crate::observation::Observation {
         crate::observation::Observation {

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -135,8 +135,10 @@ pub enum SessionError {
 enum Work {
     Batch {
         last_seq: u64,
-        rejected_seqs: Vec<u64>,
+        seqs: Vec<u64>,
         outcome: tokio::task::JoinHandle<Result<Vec<Handled>, EngineError>>,
+        /// Released when the batch is acknowledged.
+        _credits: Option<OwnedSemaphorePermit>,
     },
     Goodbye,
     Error(ErrorCode, String),
@@ -217,7 +219,8 @@ async fn run_session(
         token,
         last_acked_seq,
     ));
-    let read_result = read_observations(&engine, &mut reader, &work_tx, &mut stop).await;
+    let credits = Arc::new(Semaphore::new(limits.inflight_bytes_max.max(1) as usize));
+    let read_result = read_observations(&engine, &mut reader, &work_tx, &mut stop, &credits).await;
     if let Err(e) = &read_result {
         let (code, message) = match e {
             SessionError::Stream(StreamError::Protocol(p)) => {
@@ -233,14 +236,19 @@ async fn run_session(
     acked
 }
 
-/// Reads Observe frames into batches (as many as already arrived), starting each batch's
-/// ingest at once and handing it to the acknowledger in order.
+/// Reads Observe frames into batches: as many as already arrived and the session's credits
+/// allow. Each batch's ingest starts at once, and the batch goes to the acknowledger in
+/// order. Observe frames hold credits (their encoded bytes) until they are acknowledged.
+/// With none left the reader stops reading, and QUIC's flow control holds the client back,
+/// so a session never holds more than its credits.
 async fn read_observations(
     engine: &Arc<Engine>,
     reader: &mut FrameReader,
     work: &mpsc::Sender<Work>,
     stop: &mut watch::Receiver<bool>,
+    credits: &Arc<Semaphore>,
 ) -> Result<(), SessionError> {
+    let credits_max = engine.limits().inflight_bytes_max.max(1);
     loop {
         let first = tokio::select! {
             frame = reader.next() => Some(frame?),
@@ -255,11 +263,33 @@ async fn read_observations(
             return Ok(());
         };
         let mut batch: Vec<ObserveFrame> = Vec::new();
+        let mut held: Option<OwnedSemaphorePermit> = None;
         let mut after = None;
         let mut next = first;
         loop {
             match next {
-                Some(Frame::Observe(obs)) => batch.push(obs),
+                Some(Frame::Observe(obs)) => {
+                    let cost = (obs.encoded_len() as u64).min(credits_max as u64) as u32;
+                    let permit = match credits.clone().try_acquire_many_owned(cost) {
+                        Ok(permit) => permit,
+                        Err(_) => {
+                            // Out of credits: hand on what is read, then wait for acks.
+                            if !dispatch(engine, work, &mut batch, held.take()).await {
+                                return Ok(());
+                            }
+                            credits
+                                .clone()
+                                .acquire_many_owned(cost)
+                                .await
+                                .expect("the semaphore is never closed")
+                        }
+                    };
+                    match held.as_mut() {
+                        Some(h) => h.merge(permit),
+                        None => held = Some(permit),
+                    }
+                    batch.push(obs);
+                }
                 other => {
                     after = Some(other);
                     break;
@@ -273,22 +303,8 @@ async fn read_observations(
                 None => break,
             }
         }
-        if !batch.is_empty() {
-            let last_seq = batch.last().expect("non-empty").seq;
-            let seqs: Vec<u64> = batch.iter().map(|o| o.seq).collect();
-            let engine = engine.clone();
-            let outcome = tokio::spawn(async move { engine.ingest(batch).await });
-            if work
-                .send(Work::Batch {
-                    last_seq,
-                    rejected_seqs: seqs,
-                    outcome,
-                })
-                .await
-                .is_err()
-            {
-                return Ok(());
-            }
+        if !dispatch(engine, work, &mut batch, held.take()).await {
+            return Ok(());
         }
         match after {
             None => {}
@@ -309,6 +325,32 @@ async fn read_observations(
     }
 }
 
+/// Starts ingesting `batch` and hands it to the acknowledger with the credits it holds.
+/// False if the acknowledger is gone (the session is ending).
+async fn dispatch(
+    engine: &Arc<Engine>,
+    work: &mpsc::Sender<Work>,
+    batch: &mut Vec<ObserveFrame>,
+    credits: Option<OwnedSemaphorePermit>,
+) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let batch = std::mem::take(batch);
+    let last_seq = batch.last().expect("non-empty").seq;
+    let seqs: Vec<u64> = batch.iter().map(|o| o.seq).collect();
+    let engine = engine.clone();
+    let outcome = tokio::spawn(async move { engine.ingest(batch).await });
+    work.send(Work::Batch {
+        last_seq,
+        seqs,
+        outcome,
+        _credits: credits,
+    })
+    .await
+    .is_ok()
+}
+
 /// Waits for each batch in order and answers: a Reject per refused observation, then one
 /// cumulative Ack for the batch. Every observation up to an acked seq is durable or rejected.
 async fn acknowledge(
@@ -323,8 +365,9 @@ async fn acknowledge(
         match item {
             Work::Batch {
                 last_seq,
-                rejected_seqs: seqs,
+                seqs,
                 outcome,
+                _credits,
             } => {
                 let outcomes = match outcome.await.expect("ingest does not panic") {
                     Ok(outcomes) => outcomes,
