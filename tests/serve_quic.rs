@@ -482,3 +482,70 @@ async fn a_session_held_to_tiny_credits_still_stores_everything_once() {
     assert_eq!(counts.len(), 2000);
     assert!(counts.values().all(|&c| c == 1));
 }
+
+#[test]
+fn engram_observe_streams_a_jsonl_file_and_names_what_was_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let file = data.path().join("in.jsonl");
+    let mut lines: Vec<String> = (0..40)
+        .map(|i| serde_json::json!({"id": format!("o-{i}"), "embedding": [i as f32, 1.0, 0.5, 0.0, 0.25, 0.0, 0.0, 1.0], "what": "seen"}).to_string())
+        .collect();
+    lines.insert(20, serde_json::json!({"id": "wrong-dim", "embedding": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]}).to_string());
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let cert = data.path().join("tls").join("cert.der");
+    let run = |file: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_engram"))
+            .args([
+                "observe",
+                "--space",
+                "jsonl",
+                "--json",
+                "--addr",
+                &server.addr.to_string(),
+                "--cert",
+            ])
+            .arg(&cert)
+            .arg("--file")
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let out = run(&file);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a refused line makes the exit code 1"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (summary["sent"].as_u64(), summary["acked"].as_u64()),
+        (Some(41), Some(40))
+    );
+    let refused = &summary["rejected"][0];
+    assert_eq!(
+        (refused["id"].as_str(), refused["field"].as_str()),
+        (Some("wrong-dim"), Some("embedding"))
+    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("refused wrong-dim: field embedding expected dimension 8"));
+
+    let bad = data.path().join("bad.jsonl");
+    std::fs::write(&bad, format!("{}\n{{not json\n", lines[0])).unwrap();
+    let out = run(&bad);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 2 of"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert!(server.terminate().success());
+    let counts = stored(data.path());
+    assert_eq!(
+        counts.len(),
+        40,
+        "the 40 valid ones, once each (the resend of o-0 is a duplicate)"
+    );
+    assert!(counts.values().all(|&c| c == 1));
+}
