@@ -178,6 +178,15 @@ impl Session {
         self.progress.borrow().clone()
     }
 
+    /// The last acked seq and the refusals after the first `seen`, without copying the rest.
+    pub fn acked_since(&self, seen: usize) -> (u64, Vec<Rejected>) {
+        let progress = self.progress.borrow();
+        (
+            progress.acked_seq,
+            progress.rejected.get(seen..).unwrap_or_default().to_vec(),
+        )
+    }
+
     /// Waits until every observation up to `seq` is acknowledged.
     pub async fn wait_acked(&mut self, seq: u64) -> Result<Progress, ClientError> {
         let progress = self

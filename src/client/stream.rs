@@ -109,10 +109,11 @@ impl ObservationStream {
     }
 
     /// Takes in whatever the server acknowledged so far, without waiting.
+    /// Runs after every send in a load loop, so it copies only refusals not seen yet.
     pub fn poll_acked(&mut self) {
         if let Some(session) = &self.session {
-            let progress = session.progress();
-            self.settle(progress.acked_seq, &progress.rejected);
+            let (acked_seq, new_rejects) = session.acked_since(self.rejects_seen);
+            self.settle_new(acked_seq, &new_rejects);
         }
     }
 
@@ -157,9 +158,15 @@ impl ObservationStream {
     }
 
     /// Moves everything up to `acked_seq` out of `pending`: rejected ones to `rejected`.
+    /// `rejected` is the session's whole list of refusals so far.
     fn settle(&mut self, acked_seq: u64, rejected: &[Rejected]) {
-        let new_rejects = &rejected[self.rejects_seen.min(rejected.len())..];
-        self.rejects_seen = rejected.len();
+        let unseen = &rejected[self.rejects_seen.min(rejected.len())..];
+        self.settle_new(acked_seq, unseen);
+    }
+
+    /// `settle`, given only the refusals not seen before.
+    fn settle_new(&mut self, acked_seq: u64, new_rejects: &[Rejected]) {
+        self.rejects_seen += new_rejects.len();
         while self
             .pending
             .front()
