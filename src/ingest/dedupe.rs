@@ -7,7 +7,7 @@
 //! rebuilt from the log on start (`record_durable`).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -16,51 +16,70 @@ use crate::wal::Lsn;
 
 const SHARDS: usize = 16;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    Pending,
-    Durable(Lsn),
-    /// The append failed; whoever waits may try again.
-    Released,
-}
-
 enum Slot {
     Durable(Lsn),
-    Pending(watch::Receiver<Outcome>),
+    /// Claimed by a batch being appended; the receiver wakes when the batch is decided.
+    Pending(watch::Receiver<()>),
 }
+
+/// Keys are already uniform keyed hashes: the map uses their low half as its hash instead
+/// of hashing them again (SipHash over every key showed in profiles). Shards are chosen
+/// by the high half, so a shard's keys still spread over all its buckets.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u128(&mut self, key: u128) {
+        self.0 = key as u64;
+    }
+}
+
+type Shard = HashMap<u128, Slot, BuildHasherDefault<KeyHasher>>;
 
 pub struct DedupeIndex {
     hashers: [std::collections::hash_map::RandomState; 2],
-    shards: Vec<Mutex<HashMap<u128, Slot>>>,
+    shards: Vec<Mutex<Shard>>,
 }
 
 /// What reserving a key found.
 pub enum Reservation {
-    /// Nobody has stored it: append it, then `commit` the claim (dropping it releases).
-    New(Claim),
+    /// Nobody has stored it: it joined the batch's claims; append it, then commit them.
+    New,
     /// Already stored at this LSN: acknowledge without storing again.
     Durable(Lsn),
-    /// Another session is appending it now.
+    /// Another batch is appending it now.
     InFlight(InFlight),
 }
 
-/// The right to store one key. Dropped without `commit`, it releases the key.
-pub struct Claim {
+/// The keys one batch has the right to store, in reservation order. Committed, they are
+/// durable; dropped without `commit`, they are released. Either way, whoever waits on
+/// them wakes up: one signal per batch, not per key.
+pub struct Claims {
     index: Arc<DedupeIndex>,
-    key: u128,
-    outcome: watch::Sender<Outcome>,
+    keys: Vec<u128>,
+    decided: watch::Sender<()>,
     committed: bool,
 }
 
 pub struct InFlight {
-    outcome: watch::Receiver<Outcome>,
+    index: Arc<DedupeIndex>,
+    key: u128,
+    decided: watch::Receiver<()>,
 }
 
 impl Default for DedupeIndex {
     fn default() -> Self {
         DedupeIndex {
             hashers: Default::default(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
         }
     }
 }
@@ -77,29 +96,41 @@ impl DedupeIndex {
         half(&self.hashers[0]) << 64 | half(&self.hashers[1])
     }
 
-    fn shard(&self, key: u128) -> std::sync::MutexGuard<'_, HashMap<u128, Slot>> {
-        self.shards[(key as usize) % SHARDS]
+    fn shard(&self, key: u128) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[((key >> 64) as usize) % SHARDS]
             .lock()
             .expect("dedupe shard lock")
     }
 
-    pub fn reserve(self: &Arc<Self>, space: &str, id: &str) -> Reservation {
+    /// An empty set of claims for one batch.
+    pub fn claims(self: &Arc<Self>) -> Claims {
+        Claims {
+            index: self.clone(),
+            keys: Vec::new(),
+            decided: watch::channel(()).0,
+            committed: false,
+        }
+    }
+
+    /// Looks (space, id) up; if nobody holds it, `claims` takes it.
+    pub fn reserve(self: &Arc<Self>, space: &str, id: &str, claims: &mut Claims) -> Reservation {
+        assert!(
+            Arc::ptr_eq(self, &claims.index),
+            "claims belong to this index"
+        );
         let key = self.key(space, id);
         let mut shard = self.shard(key);
         match shard.get(&key) {
             Some(Slot::Durable(lsn)) => Reservation::Durable(*lsn),
-            Some(Slot::Pending(rx)) => Reservation::InFlight(InFlight {
-                outcome: rx.clone(),
+            Some(Slot::Pending(decided)) => Reservation::InFlight(InFlight {
+                index: self.clone(),
+                key,
+                decided: decided.clone(),
             }),
             None => {
-                let (tx, rx) = watch::channel(Outcome::Pending);
-                shard.insert(key, Slot::Pending(rx));
-                Reservation::New(Claim {
-                    index: self.clone(),
-                    key,
-                    outcome: tx,
-                    committed: false,
-                })
+                shard.insert(key, Slot::Pending(claims.decided.subscribe()));
+                claims.keys.push(key);
+                Reservation::New
             }
         }
     }
@@ -120,42 +151,54 @@ impl DedupeIndex {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
 
-impl Claim {
-    /// The observation is durable at `lsn`.
-    pub fn commit(mut self, lsn: Lsn) {
-        self.index
-            .shard(self.key)
-            .insert(self.key, Slot::Durable(lsn));
-        self.committed = true;
-        self.outcome.send_replace(Outcome::Durable(lsn));
+    fn durable_lsn(&self, key: u128) -> Option<Lsn> {
+        match self.shard(key).get(&key) {
+            Some(Slot::Durable(lsn)) => Some(*lsn),
+            Some(Slot::Pending(_)) | None => None,
+        }
     }
 }
 
-impl Drop for Claim {
+impl Claims {
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The claimed observations are durable, at `lsns` in claim order.
+    pub fn commit(mut self, lsns: impl Iterator<Item = Lsn>) {
+        let mut committed = 0;
+        for (&key, lsn) in self.keys.iter().zip(lsns) {
+            self.index.shard(key).insert(key, Slot::Durable(lsn));
+            committed += 1;
+        }
+        assert_eq!(committed, self.keys.len(), "an LSN for every claim");
+        self.committed = true;
+    }
+}
+
+impl Drop for Claims {
     fn drop(&mut self) {
         if !self.committed {
-            self.index.shard(self.key).remove(&self.key);
-            self.outcome.send_replace(Outcome::Released);
+            for key in &self.keys {
+                self.index.shard(*key).remove(key);
+            }
         }
+        // Waiters wake when `decided` drops, after this: the slots are settled by then.
     }
 }
 
 impl InFlight {
-    /// Waits for the other append: `Some(lsn)` once it is durable, `None` if it failed
-    /// (then reserve again).
+    /// Waits for the other batch: `Some(lsn)` once it is durable, `None` if its append
+    /// failed (then reserve again).
     pub async fn outcome(mut self) -> Option<Lsn> {
-        let outcome = self
-            .outcome
-            .wait_for(|o| *o != Outcome::Pending)
-            .await
-            .map(|o| *o);
-        match outcome {
-            Ok(Outcome::Durable(lsn)) => Some(lsn),
-            // A dropped sender without a decision is a release.
-            Ok(Outcome::Released) | Ok(Outcome::Pending) | Err(_) => None,
-        }
+        // Nothing is ever sent: the channel closes when the claims are decided.
+        while self.decided.changed().await.is_ok() {}
+        self.index.durable_lsn(self.key)
     }
 }
 
@@ -166,35 +209,50 @@ mod tests {
     #[test]
     fn a_committed_key_is_durable_and_a_released_one_free() {
         let index = Arc::new(DedupeIndex::default());
-        let Reservation::New(claim) = index.reserve("s", "a") else {
-            panic!("new key")
-        };
-        claim.commit(Lsn(5));
+        let mut claims = index.claims();
         assert!(matches!(
-            index.reserve("s", "a"),
+            index.reserve("s", "a", &mut claims),
+            Reservation::New
+        ));
+        claims.commit([Lsn(5)].into_iter());
+        let mut claims = index.claims();
+        assert!(matches!(
+            index.reserve("s", "a", &mut claims),
             Reservation::Durable(Lsn(5))
         ));
         assert!(
-            matches!(index.reserve("t", "a"), Reservation::New(_)),
+            matches!(index.reserve("t", "a", &mut claims), Reservation::New),
             "keys are per space"
         );
-        let Reservation::New(claim) = index.reserve("s", "b") else {
-            panic!()
-        };
-        drop(claim);
+        assert!(matches!(
+            index.reserve("s", "b", &mut claims),
+            Reservation::New
+        ));
+        assert_eq!(claims.len(), 2);
+        drop(claims);
+        let mut claims = index.claims();
         assert!(
-            matches!(index.reserve("s", "b"), Reservation::New(_)),
+            matches!(index.reserve("s", "b", &mut claims), Reservation::New),
             "a failed append frees the key"
         );
+        assert!(
+            matches!(index.reserve("t", "a", &mut claims), Reservation::New),
+            "every key of a failed batch is freed"
+        );
         // Separator: ("ab", "c") and ("a", "bc") are different keys.
-        let Reservation::New(c) = index.reserve("ab", "c") else {
-            panic!()
-        };
-        c.commit(Lsn(9));
-        assert!(matches!(index.reserve("a", "bc"), Reservation::New(_)));
+        assert!(matches!(
+            index.reserve("ab", "c", &mut claims),
+            Reservation::New
+        ));
+        claims.commit([Lsn(7), Lsn(8), Lsn(9)].into_iter());
+        let mut claims = index.claims();
+        assert!(matches!(
+            index.reserve("a", "bc", &mut claims),
+            Reservation::New
+        ));
         index.record_durable("r", "x", Lsn(1));
         assert!(matches!(
-            index.reserve("r", "x"),
+            index.reserve("r", "x", &mut claims),
             Reservation::Durable(Lsn(1))
         ));
     }
@@ -207,10 +265,11 @@ mod tests {
                 let index = index.clone();
                 tokio::spawn(async move {
                     loop {
-                        match index.reserve("s", "same") {
-                            Reservation::New(claim) => {
+                        let mut claims = index.claims();
+                        match index.reserve("s", "same", &mut claims) {
+                            Reservation::New => {
                                 tokio::task::yield_now().await;
-                                claim.commit(Lsn(77));
+                                claims.commit([Lsn(77)].into_iter());
                                 return (true, Lsn(77));
                             }
                             Reservation::Durable(lsn) => return (false, lsn),
@@ -236,14 +295,20 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_retries_when_the_first_append_fails() {
         let index = Arc::new(DedupeIndex::default());
-        let Reservation::New(claim) = index.reserve("s", "k") else {
-            panic!()
-        };
-        let Reservation::InFlight(wait) = index.reserve("s", "k") else {
+        let mut first = index.claims();
+        assert!(matches!(
+            index.reserve("s", "k", &mut first),
+            Reservation::New
+        ));
+        let mut second = index.claims();
+        let Reservation::InFlight(wait) = index.reserve("s", "k", &mut second) else {
             panic!("in flight")
         };
-        drop(claim);
+        drop(first);
         assert_eq!(wait.outcome().await, None);
-        assert!(matches!(index.reserve("s", "k"), Reservation::New(_)));
+        assert!(matches!(
+            index.reserve("s", "k", &mut second),
+            Reservation::New
+        ));
     }
 }

@@ -87,22 +87,23 @@ impl Engine {
     /// take nothing more (a latched failure): the session ends.
     pub async fn ingest(&self, batch: Vec<ObserveFrame>) -> Result<Vec<Handled>, EngineError> {
         let mut outcomes: Vec<Option<Handled>> = vec![None; batch.len()];
-        let mut claims = Vec::new();
+        let mut claims = self.dedupe.claims();
+        let mut claimed = Vec::new();
         let mut entries = Vec::new();
         let mut waits = Vec::new();
-        for (i, obs) in batch.iter().enumerate() {
-            if let Err(rejection) = validate(obs, &self.limits, &self.spaces) {
+        for (i, obs) in batch.into_iter().enumerate() {
+            if let Err(rejection) = validate(&obs, &self.limits, &self.spaces) {
                 outcomes[i] = Some(Handled::Rejected(rejection));
                 continue;
             }
-            match self.dedupe.reserve(&obs.space, &obs.id) {
+            match self.dedupe.reserve(&obs.space, &obs.id, &mut claims) {
                 Reservation::Durable(lsn) => outcomes[i] = Some(Handled::Duplicate { lsn }),
-                Reservation::InFlight(wait) => waits.push((i, wait)),
-                Reservation::New(claim) => {
-                    claims.push((i, claim));
+                Reservation::InFlight(wait) => waits.push((i, obs, wait)),
+                Reservation::New => {
+                    claimed.push(i);
                     entries.push(Entry {
                         kind: RecordKind::Observation,
-                        payload: obs.observation().to_payload(),
+                        payload: obs.into_observation().to_payload(),
                     });
                 }
             }
@@ -110,10 +111,10 @@ impl Engine {
         if !entries.is_empty() {
             match self.wal.append(entries).await {
                 Ok(range) => {
-                    for ((i, claim), lsn) in claims.into_iter().zip(range.iter()) {
-                        claim.commit(lsn);
+                    for (&i, lsn) in claimed.iter().zip(range.iter()) {
                         outcomes[i] = Some(Handled::Stored { lsn });
                     }
+                    claims.commit(range.iter());
                 }
                 // Dropping the claims frees the keys for a retry.
                 Err(e @ WalError::StorageFull { .. }) => {
@@ -123,20 +124,18 @@ impl Engine {
                         expected: "free space on the server's disk".into(),
                         got: e.to_string(),
                     };
-                    for (i, _) in &claims {
-                        outcomes[*i] = Some(Handled::Rejected(rejection.clone()));
+                    for &i in &claimed {
+                        outcomes[i] = Some(Handled::Rejected(rejection.clone()));
                     }
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        for (i, wait) in waits {
+        for (i, obs, wait) in waits {
             outcomes[i] = Some(match wait.outcome().await {
                 Some(lsn) => Handled::Duplicate { lsn },
                 // The other append failed: store it here, on its own.
-                None => Box::pin(self.ingest(vec![batch[i].clone()]))
-                    .await?
-                    .remove(0),
+                None => Box::pin(self.ingest(vec![obs])).await?.remove(0),
             });
         }
         Ok(outcomes

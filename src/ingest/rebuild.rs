@@ -68,15 +68,22 @@ mod tests {
         let dedupe = Arc::new(DedupeIndex::default());
         let spaces = SpaceRegistry::default();
         assert_eq!(rebuild(&wal.reader(), &dedupe, &spaces).unwrap(), 4);
+        let mut claims = dedupe.claims();
         assert!(
-            matches!(dedupe.reserve("a", "id-0"), Reservation::Durable(Lsn(1))),
+            matches!(
+                dedupe.reserve("a", "id-0", &mut claims),
+                Reservation::Durable(Lsn(1))
+            ),
             "the first LSN stands"
         );
         assert!(matches!(
-            dedupe.reserve("b", "id-0"),
+            dedupe.reserve("b", "id-0", &mut claims),
             Reservation::Durable(Lsn(3))
         ));
-        assert!(matches!(dedupe.reserve("b", "id-1"), Reservation::New(_)));
+        assert!(matches!(
+            dedupe.reserve("b", "id-1", &mut claims),
+            Reservation::New
+        ));
         assert_eq!(
             (spaces.dimension("a"), spaces.dimension("b"), spaces.len()),
             (Some(8), Some(3), 2)
