@@ -33,38 +33,48 @@ fn stable_hash(parts: &[&[u8]]) -> u64 {
     h
 }
 
-/// splitmix64: a small, well-mixed generator, so vectors depend on nothing but the seed.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Roughly normal: the sum of four uniforms, centred.
-    fn next_normalish(&mut self) -> f32 {
-        let sum: f32 = (0..4)
-            .map(|_| (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
-            .sum();
-        sum - 2.0
-    }
+/// A 32-bit integer hash (the "lowbias32" finaliser): well mixed, and cheap enough to run
+/// once per component, where a stateful generator would serialise the loop.
+fn mix32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^= x >> 16;
+    x
 }
 
+/// A random unit vector that depends on nothing but `seed`. Component `j` is a pure
+/// function of (seed, j), counter-style, so the compiler can vectorise the loop: a load
+/// generator should spend its core on sending, not on making vectors. Each component,
+/// before normalising, is the centred sum of two 16-bit uniforms (a triangular, roughly
+/// bell-shaped distribution), so the directions spread over the whole sphere.
 fn random_unit(seed: u64, dim: usize) -> Vec<f32> {
-    let mut rng = SplitMix(seed);
-    let mut v: Vec<f32> = (0..dim).map(|_| rng.next_normalish()).collect();
+    let base = mix32(seed as u32 ^ mix32((seed >> 32) as u32));
+    let mut v: Vec<f32> = (0..dim as u32)
+        .map(|j| {
+            let h = mix32(base.wrapping_add(j.wrapping_mul(0x9e37_79b9)));
+            ((h & 0xffff) + (h >> 16)) as f32 / 65_536.0 - 1.0
+        })
+        .collect();
     normalize(&mut v);
     v
 }
 
 fn normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    // Eight partial sums: a single running sum keeps the compiler from vectorising.
+    let mut partial = [0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|x| x * x).sum();
+    for chunk in chunks {
+        for (p, x) in partial.iter_mut().zip(chunk) {
+            *p += x * x;
+        }
+    }
+    let norm = (partial.iter().sum::<f32>() + tail).sqrt();
     if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
+        let scale = 1.0 / norm;
+        v.iter_mut().for_each(|x| *x *= scale);
     }
 }
 
