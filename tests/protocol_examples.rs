@@ -300,6 +300,10 @@ proptest! {
             prop_assert!(same(&decoded, f));
             if let Frame::Observe(o) = f {
                 prop_assert_eq!(o.encoded_len(), used, "credits are counted in real bytes");
+                // Clients encode straight from an Observation: the same bytes.
+                let mut direct = Vec::new();
+                Frame::encode_observation(o.seq, &o.clone().into_observation(), &mut direct);
+                prop_assert_eq!(&direct[..], &stream[at..at + used]);
             }
             for cut in 0..used {
                 prop_assert_eq!(Frame::decode(&stream[at..at + cut], FRAME_BYTES_MAX_DEFAULT), Ok(None), "a prefix of {} bytes", cut);

@@ -7,13 +7,12 @@ pub use stream::{Backoff, ObservationStream};
 
 use std::net::SocketAddr;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::observation::Observation;
+use crate::transport::endpoint::QuicTuning;
 use crate::transport::framed::{write_frames, FrameReader, StreamError};
-use crate::transport::protocol::{
-    Frame, Limits, ObserveFrame, PROTOCOL_VERSION, RESUME_TOKEN_BYTES,
-};
+use crate::transport::protocol::{Frame, Limits, PROTOCOL_VERSION, RESUME_TOKEN_BYTES};
 use crate::transport::tls::{quic_client_config, TlsError};
 
 #[derive(Clone, Debug)]
@@ -27,6 +26,7 @@ pub struct ClientOptions {
     /// A server that sends nothing for this long is taken as gone (keep-alives flow every
     /// third of it), and the stream reconnects.
     pub idle_timeout: std::time::Duration,
+    pub tuning: QuicTuning,
 }
 
 impl ClientOptions {
@@ -37,6 +37,7 @@ impl ClientOptions {
             server_name: "localhost".into(),
             client_name: client_name.into(),
             idle_timeout: IDLE_TIMEOUT_DEFAULT,
+            tuning: QuicTuning::default(),
         }
     }
 }
@@ -81,10 +82,19 @@ pub struct Progress {
     pub error: Option<(u16, String)>,
 }
 
+/// Encoded frames queued for the writer task, at most.
+const OUTBOX_FRAMES_MAX: usize = 256;
+/// Bytes the writer hands to QUIC in one write, about: a write per frame costs a lock and a
+/// wake-up of the connection driver each, which showed in profiles.
+const WRITE_BATCH_BYTES: usize = 256 << 10;
+
 pub struct Session {
     _endpoint: quinn::Endpoint,
     connection: quinn::Connection,
-    send: quinn::SendStream,
+    /// Frames to send, written by `writer` in batches of whatever has queued up.
+    outbox: mpsc::Sender<Vec<u8>>,
+    /// Taken when awaited: once the writer has stopped.
+    writer: Option<tokio::task::JoinHandle<Result<quinn::SendStream, StreamError>>>,
     progress: watch::Receiver<Progress>,
     next_seq: u64,
     pub session_id: u64,
@@ -102,21 +112,15 @@ impl Session {
             addr: options.addr,
             reason,
         };
-        let bind: SocketAddr = if options.addr.is_ipv6() {
-            "[::]:0"
-        } else {
-            "0.0.0.0:0"
-        }
-        .parse()
-        .expect("valid");
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_err(e.to_string()))?;
+        let mut endpoint = options
+            .tuning
+            .client(options.addr)
+            .map_err(|e| connect_err(e.to_string()))?;
         let mut config = quic_client_config(&options.cert_der)?;
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(options.idle_timeout / 3));
-        transport.max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(options.idle_timeout)
-                .map_err(|e| connect_err(e.to_string()))?,
-        ));
+        let transport = options
+            .tuning
+            .transport_config(Some(options.idle_timeout))
+            .map_err(|e| connect_err(e.to_string()))?;
         config.transport_config(std::sync::Arc::new(transport));
         endpoint.set_default_client_config(config);
         let connection = endpoint
@@ -153,10 +157,13 @@ impl Session {
             ..Progress::default()
         });
         tokio::spawn(follow(reader, tx));
+        let (outbox, queued) = mpsc::channel(OUTBOX_FRAMES_MAX);
+        let writer = Some(tokio::spawn(write_out(send, queued)));
         Ok(Session {
             _endpoint: endpoint,
             connection,
-            send,
+            outbox,
+            writer,
             progress,
             next_seq: last_acked_seq + 1,
             session_id,
@@ -168,10 +175,30 @@ impl Session {
     /// Sends one observation; returns its seq. Acknowledgement comes later (`wait_acked`).
     pub async fn send(&mut self, obs: &Observation) -> Result<u64, ClientError> {
         let seq = self.next_seq;
-        let frame = Frame::Observe(ObserveFrame::new(seq, obs));
-        write_frames(&mut self.send, &[frame]).await?;
+        let mut bytes = Vec::new();
+        Frame::encode_observation(seq, obs, &mut bytes);
+        self.queue(bytes).await?;
         self.next_seq += 1;
         Ok(seq)
+    }
+
+    /// Hands an encoded frame to the writer; its error if it has stopped.
+    async fn queue(&mut self, bytes: Vec<u8>) -> Result<(), ClientError> {
+        if self.outbox.send(bytes).await.is_ok() {
+            return Ok(());
+        }
+        // The writer stops only on a write error; wait for it to say which.
+        let stopped = match self.writer.take() {
+            Some(writer) => writer.await.ok(),
+            None => None,
+        };
+        Err(match stopped {
+            Some(Err(e)) => e.into(),
+            _ => ClientError::Ended {
+                seq: self.next_seq,
+                acked: self.progress().acked_seq,
+            },
+        })
     }
 
     pub fn progress(&self) -> Progress {
@@ -215,8 +242,16 @@ impl Session {
     /// Says goodbye after the last sent observation and waits for the server's goodbye.
     pub async fn goodbye(mut self) -> Result<Progress, ClientError> {
         let last_seq = self.next_seq - 1;
-        write_frames(&mut self.send, &[Frame::ClientGoodbye { last_seq }]).await?;
-        let _ = self.send.finish();
+        let mut bytes = Vec::new();
+        Frame::ClientGoodbye { last_seq }.encode(&mut bytes);
+        self.queue(bytes).await?;
+        let Session { outbox, writer, .. } = &mut self;
+        drop(std::mem::replace(outbox, mpsc::channel(1).0));
+        if let Some(writer) = writer.take() {
+            if let Ok(Ok(mut send)) = writer.await {
+                let _ = send.finish();
+            }
+        }
         let progress = self
             .progress
             .wait_for(|p| p.ended.is_some())
@@ -226,6 +261,27 @@ impl Session {
         self.connection.close(0u32.into(), b"goodbye");
         Ok(progress)
     }
+}
+
+/// Writes queued frames, each write carrying everything queued by then. Returns the
+/// stream once the outbox is closed, so that the session can finish it.
+async fn write_out(
+    mut send: quinn::SendStream,
+    mut queued: mpsc::Receiver<Vec<u8>>,
+) -> Result<quinn::SendStream, StreamError> {
+    let mut batch = Vec::new();
+    while let Some(first) = queued.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&first);
+        while batch.len() < WRITE_BATCH_BYTES {
+            match queued.try_recv() {
+                Ok(frame) => batch.extend_from_slice(&frame),
+                Err(_) => break,
+            }
+        }
+        send.write_all(&batch).await?;
+    }
+    Ok(send)
 }
 
 /// Applies the server's frames to the progress until the stream ends.

@@ -21,8 +21,10 @@ pub enum StreamError {
 /// Frames from a receive stream, buffered: at most one frame plus one read chunk is held.
 pub struct FrameReader {
     recv: RecvStream,
+    /// `buf[start..end]` is read and not yet decoded; the rest is room for the next read.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     frame_bytes_max: u32,
 }
 
@@ -32,13 +34,14 @@ impl FrameReader {
             recv,
             buf: Vec::new(),
             start: 0,
+            end: 0,
             frame_bytes_max,
         }
     }
 
     /// The next frame already in the buffer, without reading.
     pub fn buffered(&mut self) -> Result<Option<Frame>, ProtocolError> {
-        match Frame::decode(&self.buf[self.start..], self.frame_bytes_max)? {
+        match Frame::decode(&self.buf[self.start..self.end], self.frame_bytes_max)? {
             Some((frame, used)) => {
                 self.start += used;
                 Ok(Some(frame))
@@ -53,22 +56,28 @@ impl FrameReader {
             if let Some(frame) = self.buffered()? {
                 return Ok(Some(frame));
             }
-            // Compact before reading, so the buffer never grows past one frame and a chunk.
-            self.buf.drain(..self.start);
-            self.start = 0;
-            let old = self.buf.len();
-            self.buf.resize(old + READ_CHUNK_BYTES, 0);
-            match self.recv.read(&mut self.buf[old..]).await? {
-                Some(n) => self.buf.truncate(old + n),
+            self.make_room();
+            match self.recv.read(&mut self.buf[self.end..]).await? {
+                Some(n) => self.end += n,
                 None => {
-                    self.buf.truncate(old);
-                    return if self.buf.is_empty() {
+                    return if self.start == self.end {
                         Ok(None)
                     } else {
                         Err(StreamError::EndedInsideFrame)
                     };
                 }
             }
+        }
+    }
+
+    /// Moves the undecoded bytes to the front and makes sure a read chunk fits after them.
+    /// The buffer is zeroed only when it grows, never per read: reads are often one packet.
+    fn make_room(&mut self) {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        if self.buf.len() < self.end + READ_CHUNK_BYTES {
+            self.buf.resize(self.end + READ_CHUNK_BYTES, 0);
         }
     }
 }

@@ -128,14 +128,14 @@ impl ObserveFrame {
     }
 
     /// The observation this frame carries, as the log stores it.
-    pub fn observation(&self) -> crate::observation::Observation {
+    pub fn into_observation(self) -> crate::observation::Observation {
         crate::observation::Observation {
-            space: self.space.clone(),
-            id: self.id.clone(),
+            space: self.space,
+            id: self.id,
             when_unix_ns: self.when_unix_ns,
             confidence: self.confidence,
-            what: self.what.clone(),
-            embedding: self.embedding.clone(),
+            what: self.what,
+            embedding: self.embedding,
         }
     }
 }
@@ -244,18 +244,15 @@ impl Frame {
                     None => w.u8(0),
                 }
             }
-            Frame::Observe(o) => {
-                w.u64(o.seq);
-                w.str8(&o.space);
-                w.str16(&o.id);
-                w.u64(o.when_unix_ns as u64);
-                w.f32(o.confidence);
-                w.str32(&o.what);
-                w.u32(u32::try_from(o.embedding.len()).expect("dimension fits u32"));
-                for x in &o.embedding {
-                    w.f32(*x);
-                }
-            }
+            Frame::Observe(o) => w.observe(
+                o.seq,
+                &o.space,
+                &o.id,
+                o.when_unix_ns,
+                o.confidence,
+                &o.what,
+                &o.embedding,
+            ),
             Frame::ClientGoodbye { last_seq } => w.u64(*last_seq),
             Frame::Welcome {
                 session_id,
@@ -305,8 +302,34 @@ impl Frame {
                 w.str16(message);
             }
         }
-        let length = u32::try_from(out.len() - start - 4).expect("frame fits u32");
-        out[start..start + 4].copy_from_slice(&length.to_le_bytes());
+        set_frame_length(out, start);
+    }
+
+    /// Appends the Observe frame that carries `obs` as the `seq`-th observation: the same
+    /// bytes as encoding `Frame::Observe(ObserveFrame::new(seq, obs))`, without copying
+    /// the observation into a frame first (clients send every observation this way).
+    pub fn encode_observation(seq: u64, obs: &crate::observation::Observation, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.reserve(
+            FRAME_HEADER_BYTES
+                + 64
+                + obs.space.len()
+                + obs.id.len()
+                + obs.what.len()
+                + 4 * obs.embedding.len(),
+        );
+        out.extend_from_slice(&[0u8; 4]);
+        out.push(FrameType::Observe as u8);
+        Writer(out).observe(
+            seq,
+            &obs.space,
+            &obs.id,
+            obs.when_unix_ns,
+            obs.confidence,
+            &obs.what,
+            &obs.embedding,
+        );
+        set_frame_length(out, start);
     }
 
     /// Decodes one frame from the start of `buf`: `Ok(Some((frame, bytes used)))`, `Ok(None)`
@@ -389,9 +412,7 @@ fn decode_body(kind: FrameType, r: &mut Reader<'_>) -> Result<Frame, ProtocolErr
                     }
                 });
             }
-            let embedding = (0..dim)
-                .map(|_| r.f32("embedding"))
-                .collect::<Result<_, _>>()?;
+            let embedding = r.f32s(dim, "embedding")?;
             Frame::Observe(ObserveFrame {
                 seq,
                 space,
@@ -452,6 +473,12 @@ fn decode_body(kind: FrameType, r: &mut Reader<'_>) -> Result<Frame, ProtocolErr
     })
 }
 
+/// Fills in the length prefix of the frame that starts at `start` and runs to the end.
+fn set_frame_length(out: &mut [u8], start: usize) {
+    let length = u32::try_from(out.len() - start - 4).expect("frame fits u32");
+    out[start..start + 4].copy_from_slice(&length.to_le_bytes());
+}
+
 struct Writer<'a>(&'a mut Vec<u8>);
 
 impl Writer<'_> {
@@ -472,6 +499,36 @@ impl Writer<'_> {
     }
     fn bytes(&mut self, b: &[u8]) {
         self.0.extend_from_slice(b);
+    }
+    /// A run of floats, written in one pass the compiler can vectorise: embeddings are most
+    /// of an Observe frame's bytes.
+    fn f32s(&mut self, values: &[f32]) {
+        let start = self.0.len();
+        self.0.resize(start + 4 * values.len(), 0);
+        for (out, v) in self.0[start..].chunks_exact_mut(4).zip(values) {
+            out.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    /// An Observe frame's fields, in wire order (docs/protocol.md).
+    #[allow(clippy::too_many_arguments)] // one per wire field; a struct would be a copy
+    fn observe(
+        &mut self,
+        seq: u64,
+        space: &str,
+        id: &str,
+        when_unix_ns: i64,
+        confidence: f32,
+        what: &str,
+        embedding: &[f32],
+    ) {
+        self.u64(seq);
+        self.str8(space);
+        self.str16(id);
+        self.u64(when_unix_ns as u64);
+        self.f32(confidence);
+        self.str32(what);
+        self.u32(u32::try_from(embedding.len()).expect("dimension fits u32"));
+        self.f32s(embedding);
     }
     fn str8(&mut self, s: &str) {
         self.u8(u8::try_from(s.len()).expect("str8 holds at most 255 bytes"));
@@ -521,6 +578,13 @@ impl<'a> Reader<'a> {
     }
     fn f32(&mut self, field: &'static str) -> Result<f32, ProtocolError> {
         Ok(f32::from_le_bytes(self.array(field)?))
+    }
+    fn f32s(&mut self, n: usize, field: &'static str) -> Result<Vec<f32>, ProtocolError> {
+        let bytes = self.take(n.saturating_mul(4), field)?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .collect())
     }
     fn string(&mut self, n: usize, field: &'static str) -> Result<String, ProtocolError> {
         let bytes = self.take(n, field)?;
