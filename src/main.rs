@@ -45,6 +45,10 @@ struct ServeArgs {
     /// Where GET /health and GET /ready answer. Port 0 picks a free port (logged).
     #[arg(long, env = "ENGRAM_HTTP_ADDR", default_value = "127.0.0.1:7480")]
     http_addr: std::net::SocketAddr,
+    /// Largest UDP payload path MTU discovery may raise QUIC packets to (1200-65527).
+    /// Fewer, larger packets cost less per byte where the path carries them.
+    #[arg(long, env = "ENGRAM_QUIC_UDP_PAYLOAD_MAX", default_value_t = engram::transport::endpoint::UDP_PAYLOAD_MAX_DEFAULT)]
+    quic_udp_payload_max: u16,
     /// Bytes of Observe frames a session may have unacknowledged (its credits, announced in
     /// Welcome). Past them the server stops reading that session until acks free some.
     #[arg(long, env = "ENGRAM_INFLIGHT_BYTES_MAX", default_value_t = engram::ingest::limits::INFLIGHT_BYTES_MAX_DEFAULT)]
@@ -125,6 +129,7 @@ struct ConfigFile {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     inflight_bytes_max: Option<u32>,
+    quic_udp_payload_max: Option<u16>,
     wal_segment_bytes: Option<u64>,
     wal_commit_window_us: Option<u64>,
     wal_commit_bytes_max: Option<u64>,
@@ -163,6 +168,7 @@ fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyhow::
     fill!(tls_cert, |v| anyhow::Ok(Some(v)));
     fill!(tls_key, |v| anyhow::Ok(Some(v)));
     fill!(inflight_bytes_max, anyhow::Ok);
+    fill!(quic_udp_payload_max, anyhow::Ok);
     fill!(wal_segment_bytes, anyhow::Ok);
     fill!(wal_commit_window_us, anyhow::Ok);
     fill!(wal_commit_bytes_max, anyhow::Ok);
@@ -213,7 +219,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Signal handlers go in before the server says it is up, so that a SIGTERM sent
         // as soon as it is up is a graceful shutdown, not the default kill.
         let shutdown = ShutdownSignal::install()?;
-        let endpoint = quinn::Endpoint::server(identity.quic_server_config()?, args.quic_addr)
+        let tuning = engram::transport::endpoint::QuicTuning {
+            udp_payload_max: args.quic_udp_payload_max,
+            ..Default::default()
+        };
+        let endpoint = tuning
+            .server(args.quic_addr, identity.quic_server_config()?)
             .with_context(|| format!("binding QUIC to {}", args.quic_addr))?;
         let report = engine.wal().recovery_report();
         tracing::info!(

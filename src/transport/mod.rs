@@ -1,5 +1,6 @@
 //! Transports: the engram/1 protocol over QUIC; later the WebSocket gateway and HTTP.
 
+pub mod endpoint;
 pub mod framed;
 pub mod http;
 pub mod protocol;

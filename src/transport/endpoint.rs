@@ -1,0 +1,137 @@
+//! QUIC endpoints for the server and the client, with the same transport tuning on both
+//! sides.
+//!
+//! The one setting that matters for speed is the packet size. QUIC starts at 1200-byte
+//! packets and raises them by path MTU discovery up to an upper bound; quinn's default
+//! bound is 1452 (Ethernet). Every packet costs a seal, an open, a syscall share and
+//! acknowledgement work, so on paths that carry larger datagrams (loopback, jumbo-frame
+//! LANs) a higher bound moves the same bytes in fewer packets. Discovery probes the path
+//! and falls back when probes are lost, so a high bound on an ordinary network costs a
+//! few lost probes, never correctness.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Ethernet MTU minus IP and UDP headers: quinn's own default bound.
+pub const UDP_PAYLOAD_MAX_ETHERNET: u16 = 1452;
+/// The default bound: larger packets measured slower on loopback here (docs/performance.md).
+pub const UDP_PAYLOAD_MAX_DEFAULT: u16 = UDP_PAYLOAD_MAX_ETHERNET;
+pub const ACK_ELICITING_THRESHOLD_DEFAULT: u32 = 16;
+pub const MAX_ACK_DELAY_DEFAULT: Duration = Duration::from_millis(2);
+/// The largest UDP payload QUIC allows.
+pub const UDP_PAYLOAD_MAX_LIMIT: u16 = 65527;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("binding UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("UDP payload bound {got} is out of range: expected 1200..={UDP_PAYLOAD_MAX_LIMIT}")]
+    PayloadBound { got: u16 },
+    #[error("idle timeout {0:?} is too long for QUIC")]
+    IdleTimeout(Duration),
+}
+
+/// Transport settings both sides use.
+#[derive(Clone, Copy, Debug)]
+pub struct QuicTuning {
+    /// Upper bound of path MTU discovery, as a UDP payload size.
+    pub udp_payload_max: u16,
+    /// Packets the peer may receive before it must acknowledge them (QUIC ACK frequency
+    /// extension). Streaming one way sends mostly data; fewer ACKs back save a packet,
+    /// a seal and a syscall on one side and their processing on the other.
+    pub ack_eliciting_threshold: u32,
+    /// The longest the peer may hold an acknowledgement back.
+    pub max_ack_delay: Duration,
+}
+
+impl Default for QuicTuning {
+    fn default() -> Self {
+        QuicTuning {
+            udp_payload_max: UDP_PAYLOAD_MAX_DEFAULT,
+            ack_eliciting_threshold: ACK_ELICITING_THRESHOLD_DEFAULT,
+            max_ack_delay: MAX_ACK_DELAY_DEFAULT,
+        }
+    }
+}
+
+impl QuicTuning {
+    fn endpoint_config(&self) -> Result<quinn::EndpointConfig, EndpointError> {
+        if !(1200..=UDP_PAYLOAD_MAX_LIMIT).contains(&self.udp_payload_max) {
+            return Err(EndpointError::PayloadBound {
+                got: self.udp_payload_max,
+            });
+        }
+        let mut config = quinn::EndpointConfig::default();
+        config
+            .max_udp_payload_size(self.udp_payload_max)
+            .map_err(|_| EndpointError::PayloadBound {
+                got: self.udp_payload_max,
+            })?;
+        Ok(config)
+    }
+
+    /// The transport config; `idle_timeout` also sets keep-alives at a third of it.
+    pub fn transport_config(
+        &self,
+        idle_timeout: Option<Duration>,
+    ) -> Result<quinn::TransportConfig, EndpointError> {
+        let mut transport = quinn::TransportConfig::default();
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(self.udp_payload_max);
+        transport.mtu_discovery_config(Some(mtu));
+        let mut acks = quinn::AckFrequencyConfig::default();
+        acks.ack_eliciting_threshold(quinn::VarInt::from_u32(self.ack_eliciting_threshold))
+            .max_ack_delay(Some(self.max_ack_delay))
+            .reordering_threshold(quinn::VarInt::from_u32(2));
+        transport.ack_frequency_config(Some(acks));
+        if let Some(idle) = idle_timeout {
+            transport.keep_alive_interval(Some(idle / 3));
+            transport.max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(idle).map_err(|_| EndpointError::IdleTimeout(idle))?,
+            ));
+        }
+        Ok(transport)
+    }
+
+    fn bind(
+        &self,
+        addr: SocketAddr,
+        server: Option<quinn::ServerConfig>,
+    ) -> Result<quinn::Endpoint, EndpointError> {
+        let bind_err = |source| EndpointError::Bind { addr, source };
+        let socket = UdpSocket::bind(addr).map_err(bind_err)?;
+        quinn::Endpoint::new(
+            self.endpoint_config()?,
+            server,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_err)
+    }
+
+    /// A server endpoint on `addr`, serving `config` with this tuning.
+    pub fn server(
+        &self,
+        addr: SocketAddr,
+        mut config: quinn::ServerConfig,
+    ) -> Result<quinn::Endpoint, EndpointError> {
+        config.transport_config(Arc::new(self.transport_config(None)?));
+        self.bind(addr, Some(config))
+    }
+
+    /// A client endpoint on an ephemeral port of the family that reaches `server`.
+    pub fn client(&self, server: SocketAddr) -> Result<quinn::Endpoint, EndpointError> {
+        let any: SocketAddr = if server.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .expect("valid");
+        self.bind(any, None)
+    }
+}
