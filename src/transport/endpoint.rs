@@ -19,6 +19,7 @@ pub const UDP_PAYLOAD_MAX_ETHERNET: u16 = 1452;
 pub const UDP_PAYLOAD_MAX_DEFAULT: u16 = UDP_PAYLOAD_MAX_ETHERNET;
 pub const ACK_ELICITING_THRESHOLD_DEFAULT: u32 = 16;
 pub const MAX_ACK_DELAY_DEFAULT: Duration = Duration::from_millis(2);
+pub const SOCKET_BUFFER_BYTES_DEFAULT: usize = 4 << 20;
 /// The largest UDP payload QUIC allows.
 pub const UDP_PAYLOAD_MAX_LIMIT: u16 = 65527;
 
@@ -46,6 +47,8 @@ pub struct QuicTuning {
     pub ack_eliciting_threshold: u32,
     /// The longest the peer may hold an acknowledgement back.
     pub max_ack_delay: Duration,
+    /// UDP socket send and receive buffer size asked of the kernel.
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for QuicTuning {
@@ -54,6 +57,7 @@ impl Default for QuicTuning {
             udp_payload_max: UDP_PAYLOAD_MAX_DEFAULT,
             ack_eliciting_threshold: ACK_ELICITING_THRESHOLD_DEFAULT,
             max_ack_delay: MAX_ACK_DELAY_DEFAULT,
+            socket_buffer_bytes: SOCKET_BUFFER_BYTES_DEFAULT,
         }
     }
 }
@@ -103,7 +107,7 @@ impl QuicTuning {
         server: Option<quinn::ServerConfig>,
     ) -> Result<quinn::Endpoint, EndpointError> {
         let bind_err = |source| EndpointError::Bind { addr, source };
-        let socket = UdpSocket::bind(addr).map_err(bind_err)?;
+        let socket = self.udp_socket(addr).map_err(bind_err)?;
         quinn::Endpoint::new(
             self.endpoint_config()?,
             server,
@@ -111,6 +115,34 @@ impl QuicTuning {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(bind_err)
+    }
+
+    /// A UDP socket with buffers of `socket_buffer_bytes`. With the kernel's default
+    /// (about 200 KiB) a burst of packets overflows the receive buffer while the endpoint
+    /// task waits for a core: the dropped packets come back only after a loss timeout,
+    /// milliseconds later. The kernel caps the size at net.core.rmem_max / wmem_max; a
+    /// smaller buffer than asked for is logged, not refused.
+    fn udp_socket(&self, addr: SocketAddr) -> std::io::Result<UdpSocket> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            // Accept IPv4-mapped peers too, as std's bind does by default on Linux.
+            let _ = socket.set_only_v6(false);
+        }
+        let wanted = self.socket_buffer_bytes;
+        let _ = socket.set_recv_buffer_size(wanted);
+        let _ = socket.set_send_buffer_size(wanted);
+        let got = socket.recv_buffer_size().unwrap_or(0);
+        // Linux reports double the size set (it counts its bookkeeping).
+        if got < wanted {
+            tracing::warn!(
+                wanted,
+                got,
+                "the UDP receive buffer is smaller than asked for: raise net.core.rmem_max"
+            );
+        }
+        socket.bind(&addr.into())?;
+        Ok(socket.into())
     }
 
     /// A server endpoint on `addr`, serving `config` with this tuning.
