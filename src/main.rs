@@ -45,6 +45,11 @@ struct ServeArgs {
     /// Where GET /health and GET /ready answer. Port 0 picks a free port (logged).
     #[arg(long, env = "ENGRAM_HTTP_ADDR", default_value = "127.0.0.1:7480")]
     http_addr: std::net::SocketAddr,
+    /// Observation bytes all sessions together may have unacknowledged. Past 50% clients
+    /// are told Warning; past 75% sessions stop reading (Critical); a batch that would
+    /// pass 100% is refused with the retryable Overloaded and a retry hint.
+    #[arg(long, env = "ENGRAM_QUEUE_BYTES_MAX", default_value_t = engram::ingest::load::QUEUE_BYTES_MAX_DEFAULT)]
+    queue_bytes_max: u64,
     /// Largest UDP payload path MTU discovery may raise QUIC packets to (1200-65527).
     /// Fewer, larger packets cost less per byte where the path carries them.
     #[arg(long, env = "ENGRAM_QUIC_UDP_PAYLOAD_MAX", default_value_t = engram::transport::endpoint::UDP_PAYLOAD_MAX_DEFAULT)]
@@ -130,6 +135,7 @@ struct ConfigFile {
     tls_key: Option<PathBuf>,
     inflight_bytes_max: Option<u32>,
     quic_udp_payload_max: Option<u16>,
+    queue_bytes_max: Option<u64>,
     wal_segment_bytes: Option<u64>,
     wal_commit_window_us: Option<u64>,
     wal_commit_bytes_max: Option<u64>,
@@ -169,6 +175,7 @@ fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyhow::
     fill!(tls_key, |v| anyhow::Ok(Some(v)));
     fill!(inflight_bytes_max, anyhow::Ok);
     fill!(quic_udp_payload_max, anyhow::Ok);
+    fill!(queue_bytes_max, anyhow::Ok);
     fill!(wal_segment_bytes, anyhow::Ok);
     fill!(wal_commit_window_us, anyhow::Ok);
     fill!(wal_commit_bytes_max, anyhow::Ok);
@@ -194,6 +201,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let limits = IngestLimits {
         inflight_bytes_max: args.inflight_bytes_max,
+        queue_bytes_max: args.queue_bytes_max,
         ..IngestLimits::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use crate::observation::Observation;
 use crate::transport::endpoint::QuicTuning;
 use crate::transport::framed::{write_frames, FrameReader, StreamError};
-use crate::transport::protocol::{Frame, Limits, PROTOCOL_VERSION, RESUME_TOKEN_BYTES};
+use crate::transport::protocol::{Frame, Limits, LoadState, PROTOCOL_VERSION, RESUME_TOKEN_BYTES};
 use crate::transport::tls::{quic_client_config, TlsError};
 
 #[derive(Clone, Debug)]
@@ -77,6 +77,16 @@ pub struct Progress {
     pub acked_seq: u64,
     pub lsn: u64,
     pub rejected: Vec<Rejected>,
+    /// The server's load as its last FlowControl said, with the credits it announced
+    /// and the retry hint of the last Overloaded one: how long to wait before resending
+    /// refused observations.
+    pub load: LoadState,
+    pub credits: u32,
+    pub retry_after_ms: u32,
+    /// FlowControl frames received.
+    pub flow_controls: u64,
+    /// The highest load state the server has reported in this session.
+    pub peak_load: LoadState,
     /// Set when the session is over: the server's Goodbye, its Error, or a lost stream.
     pub ended: Option<String>,
     pub error: Option<(u16, String)>,
@@ -201,6 +211,16 @@ impl Session {
         })
     }
 
+    /// The highest load state the server has reported in this session.
+    pub fn peak_load(&self) -> LoadState {
+        self.progress.borrow().peak_load
+    }
+
+    /// The wait the server last asked for before resending refused observations.
+    pub fn retry_after_ms(&self) -> u32 {
+        self.progress.borrow().retry_after_ms
+    }
+
     pub fn progress(&self) -> Progress {
         self.progress.borrow().clone()
     }
@@ -307,7 +327,21 @@ async fn follow(mut reader: FrameReader, progress: watch::Sender<Progress>) {
                 expected,
                 got,
             }),
-            Ok(Some(Frame::FlowControl { .. })) => {}
+            Ok(Some(Frame::FlowControl {
+                credits,
+                state,
+                retry_after_ms,
+            })) => {
+                p.load = state;
+                p.credits = credits;
+                if state == LoadState::Overloaded {
+                    // Kept until the next Overloaded: the refusals it explains may be
+                    // settled after later FlowControls arrived.
+                    p.retry_after_ms = retry_after_ms;
+                }
+                p.flow_controls += 1;
+                p.peak_load = p.peak_load.max(state);
+            }
             Ok(Some(Frame::ServerGoodbye { last_acked_seq })) => {
                 p.acked_seq = p.acked_seq.max(last_acked_seq);
                 p.ended = Some("goodbye".into());

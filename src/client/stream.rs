@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::{ClientError, ClientOptions, Rejected, Session};
 use crate::observation::Observation;
-use crate::transport::protocol::{ErrorCode, RESUME_TOKEN_BYTES};
+use crate::transport::protocol::{ErrorCode, LoadState, RejectCode, RESUME_TOKEN_BYTES};
 
 /// Reconnection delays: `initial`, doubling up to `max`, each with up to 50% random jitter
 /// so that many clients do not retry in step. Gives up after `attempts_max` failures in a row.
@@ -44,6 +44,9 @@ impl Backoff {
     }
 }
 
+/// The least wait before resending what an overloaded server refused.
+const RETRY_AFTER_MS_MIN: u32 = 10;
+
 /// Observations held while unacknowledged, at most; `send` waits for acks past it.
 pub const PENDING_OBSERVATIONS_MAX: usize = 4096;
 
@@ -57,6 +60,13 @@ pub struct ObservationStream {
     acked: Vec<Observation>,
     rejected: Vec<(Observation, Rejected)>,
     rejects_seen: usize,
+    /// Refused as Overloaded: resent once `retry_at` has passed.
+    retry: VecDeque<Observation>,
+    retry_at: Option<tokio::time::Instant>,
+    /// Observations resent because the server was overloaded.
+    pub overload_retries: u64,
+    /// The highest load state any of its sessions heard.
+    pub peak_load: LoadState,
     /// Connections made, the first included.
     pub connects: u32,
 }
@@ -75,6 +85,10 @@ impl ObservationStream {
             acked: Vec::new(),
             rejected: Vec::new(),
             rejects_seen: 0,
+            retry: VecDeque::new(),
+            retry_at: None,
+            overload_retries: 0,
+            peak_load: LoadState::Normal,
             connects: 0,
         };
         stream.reconnect().await?;
@@ -87,6 +101,11 @@ impl ObservationStream {
             let oldest = self.pending.front().expect("non-empty").0;
             self.wait_acked_once(oldest).await?;
         }
+        self.resend_due().await?;
+        self.send_now(obs).await
+    }
+
+    async fn send_now(&mut self, obs: Observation) -> Result<(), ClientError> {
         loop {
             let session = self.session.as_mut().expect("connected");
             match session.send(&obs).await {
@@ -102,8 +121,34 @@ impl ObservationStream {
 
     /// Waits until everything sent so far is acknowledged.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
-        while let Some(&(last, _)) = self.pending.back() {
-            self.wait_acked_once(last).await?;
+        loop {
+            if let Some(&(last, _)) = self.pending.back() {
+                self.wait_acked_once(last).await?;
+                continue;
+            }
+            if self.retry.is_empty() {
+                return Ok(());
+            }
+            if let Some(at) = self.retry_at {
+                tokio::time::sleep_until(at).await;
+            }
+            self.resend_due().await?;
+        }
+    }
+
+    /// Resends what an overloaded server refused, once its retry hint has passed.
+    async fn resend_due(&mut self) -> Result<(), ClientError> {
+        if self.retry.is_empty()
+            || self
+                .retry_at
+                .is_some_and(|at| at > tokio::time::Instant::now())
+        {
+            return Ok(());
+        }
+        self.retry_at = None;
+        while let Some(obs) = self.retry.pop_front() {
+            self.overload_retries += 1;
+            self.send_now(obs).await?;
         }
         Ok(())
     }
@@ -112,6 +157,7 @@ impl ObservationStream {
     /// Runs after every send in a load loop, so it copies only refusals not seen yet.
     pub fn poll_acked(&mut self) {
         if let Some(session) = &self.session {
+            self.peak_load = self.peak_load.max(session.peak_load());
             let (acked_seq, new_rejects) = session.acked_since(self.rejects_seen);
             self.settle_new(acked_seq, &new_rejects);
         }
@@ -149,6 +195,7 @@ impl ObservationStream {
         let session = self.session.as_mut().expect("connected");
         match session.wait_acked(seq).await {
             Ok(progress) => {
+                self.peak_load = self.peak_load.max(progress.peak_load);
                 self.settle(progress.acked_seq, &progress.rejected);
                 Ok(())
             }
@@ -174,6 +221,13 @@ impl ObservationStream {
         {
             let (seq, obs) = self.pending.pop_front().expect("non-empty");
             match new_rejects.iter().find(|r| r.seq == seq) {
+                Some(r) if r.code == RejectCode::Overloaded as u16 => {
+                    let wait = self.session.as_ref().map_or(0, |s| s.retry_after_ms());
+                    let at = tokio::time::Instant::now()
+                        + Duration::from_millis(u64::from(wait.max(RETRY_AFTER_MS_MIN)));
+                    self.retry_at = Some(self.retry_at.map_or(at, |t| t.max(at)));
+                    self.retry.push_back(obs);
+                }
                 Some(r) => self.rejected.push((obs, r.clone())),
                 None => self.acked.push(obs),
             }

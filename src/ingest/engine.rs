@@ -9,6 +9,7 @@ use crate::wal::{wal_dir, Entry, Lsn, RecordKind, Wal, WalConfig, WalError};
 
 use super::dedupe::{DedupeIndex, Reservation};
 use super::limits::IngestLimits;
+use super::load::ServerLoad;
 use super::rebuild::{rebuild, RebuildError};
 use super::spaces::SpaceRegistry;
 use super::validate::{validate, Rejection};
@@ -39,6 +40,7 @@ pub struct Engine {
     dedupe: Arc<DedupeIndex>,
     spaces: SpaceRegistry,
     limits: IngestLimits,
+    load: Arc<ServerLoad>,
 }
 
 impl Engine {
@@ -61,6 +63,7 @@ impl Engine {
             wal,
             dedupe,
             spaces,
+            load: Arc::new(ServerLoad::new(limits.queue_bytes_max)),
             limits,
         })
     }
@@ -76,6 +79,11 @@ impl Engine {
 
     pub fn wal(&self) -> &Wal {
         &self.wal
+    }
+
+    /// The commit queue every session shares: admit a batch before ingesting it.
+    pub fn load(&self) -> &Arc<ServerLoad> {
+        &self.load
     }
 
     pub fn spaces(&self) -> &SpaceRegistry {

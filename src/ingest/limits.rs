@@ -18,6 +18,9 @@ pub struct IngestLimits {
     pub what_bytes_max: u32,
     pub embedding_dim_max: u32,
     pub inflight_bytes_max: u32,
+    /// Observation bytes all sessions together may have unacknowledged (load.rs): past
+    /// three quarters sessions pause, past all of it batches are refused as Overloaded.
+    pub queue_bytes_max: u64,
 }
 
 impl Default for IngestLimits {
@@ -27,6 +30,7 @@ impl Default for IngestLimits {
             what_bytes_max: WHAT_BYTES_MAX_DEFAULT,
             embedding_dim_max: EMBEDDING_DIM_MAX_DEFAULT,
             inflight_bytes_max: INFLIGHT_BYTES_MAX_DEFAULT,
+            queue_bytes_max: super::load::QUEUE_BYTES_MAX_DEFAULT,
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod dedupe;
 pub mod engine;
 pub mod limits;
+pub mod load;
 pub mod rebuild;
 pub mod spaces;
 pub mod validate;
@@ -12,6 +13,7 @@ pub mod validate;
 pub use dedupe::{DedupeIndex, Reservation};
 pub use engine::{Engine, EngineError, Handled};
 pub use limits::IngestLimits;
+pub use load::{LoadPermit, Overloaded, ServerLoad};
 pub use rebuild::{rebuild, RebuildError};
 pub use spaces::SpaceRegistry;
 pub use validate::{validate, Rejection};

@@ -65,9 +65,10 @@ pub struct Limits {
 }
 
 /// Load as the server sees it; sent in FlowControl.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum LoadState {
+    #[default]
     Normal = 0,
     Warning = 1,
     Critical = 2,

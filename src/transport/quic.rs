@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -13,7 +14,7 @@ use super::framed::{write_frames, FrameReader, StreamError};
 use super::protocol::{
     ErrorCode, Frame, LoadState, ObserveFrame, PROTOCOL_VERSION, RESUME_TOKEN_BYTES,
 };
-use crate::ingest::{Engine, EngineError, Handled};
+use crate::ingest::{Engine, EngineError, Handled, LoadPermit, Overloaded, ServerLoad};
 
 /// Observe frames read into one batch at most: one log append.
 const BATCH_OBSERVATIONS_MAX: usize = 1024;
@@ -139,6 +140,9 @@ enum Work {
         outcome: tokio::task::JoinHandle<Result<Vec<Handled>, EngineError>>,
         /// Released when the batch is acknowledged.
         _credits: Option<OwnedSemaphorePermit>,
+        _queued: Option<LoadPermit>,
+        /// Set when the server refused the whole batch: the client retries after this.
+        overloaded: Option<Overloaded>,
     },
     Goodbye,
     Error(ErrorCode, String),
@@ -203,23 +207,29 @@ async fn run_session(
                 last_acked_seq,
                 limits,
             },
-            Frame::FlowControl {
-                credits: limits.inflight_bytes_max,
-                state: LoadState::Normal,
-                retry_after_ms: 0,
-            },
+            flow_control(
+                engine.load(),
+                engine.load().state(),
+                limits.inflight_bytes_max,
+                None,
+            ),
         ],
     )
     .await?;
     let (work_tx, work_rx) = mpsc::channel(SESSION_BATCHES_IN_FLIGHT_MAX);
-    let acknowledger = tokio::spawn(acknowledge(
-        send,
-        work_rx,
-        sessions.clone(),
-        token,
-        last_acked_seq,
-    ));
     let credits = Arc::new(Semaphore::new(limits.inflight_bytes_max.max(1) as usize));
+    let acknowledger = tokio::spawn(acknowledge(
+        Acknowledger {
+            send,
+            sessions: sessions.clone(),
+            token,
+            last_acked: last_acked_seq,
+            credits: credits.clone(),
+            load: engine.load().subscribe(),
+            server_load: engine.load().clone(),
+        },
+        work_rx,
+    ));
     let read_result = read_observations(&engine, &mut reader, &work_tx, &mut stop, &credits).await;
     if let Err(e) = &read_result {
         let (code, message) = match e {
@@ -249,7 +259,21 @@ async fn read_observations(
     credits: &Arc<Semaphore>,
 ) -> Result<(), SessionError> {
     let credits_max = engine.limits().inflight_bytes_max.max(1);
+    let load = engine.load().clone();
+    let mut load_state = load.subscribe();
     loop {
+        // Server-wide Critical: stop reading until the commit queue drains.
+        let reading = tokio::select! {
+            () = load.wait_below_critical(&mut load_state) => true,
+            stopped = stop.wait_for(|s| *s) => {
+                drop(stopped);
+                false
+            }
+        };
+        if !reading {
+            let _ = work.send(Work::Goodbye).await;
+            return Ok(());
+        }
         let first = tokio::select! {
             frame = reader.next() => Some(frame?),
             stopped = stop.wait_for(|s| *s) => {
@@ -339,52 +363,138 @@ async fn dispatch(
     let batch = std::mem::take(batch);
     let last_seq = batch.last().expect("non-empty").seq;
     let seqs: Vec<u64> = batch.iter().map(|o| o.seq).collect();
-    let engine = engine.clone();
-    let outcome = tokio::spawn(async move { engine.ingest(batch).await });
+    let bytes: u64 = batch.iter().map(|o| o.encoded_len() as u64).sum();
+    let (outcome, queued, overloaded) = match engine.load().admit(bytes) {
+        Ok(queued) => {
+            let engine = engine.clone();
+            let outcome = tokio::spawn(async move { engine.ingest(batch).await });
+            (outcome, Some(queued), None)
+        }
+        Err(overloaded) => {
+            // Refused whole and dropped now: an overloaded server holds nothing more.
+            let refused = vec![Handled::Rejected(overloaded.rejection()); batch.len()];
+            drop(batch);
+            (
+                tokio::spawn(async move { Ok(refused) }),
+                None,
+                Some(overloaded),
+            )
+        }
+    };
     work.send(Work::Batch {
         last_seq,
         seqs,
         outcome,
         _credits: credits,
+        _queued: queued,
+        overloaded,
     })
     .await
     .is_ok()
 }
 
-/// Waits for each batch in order and answers: a Reject per refused observation, then one
-/// cumulative Ack for the batch. Every observation up to an acked seq is durable or rejected.
-async fn acknowledge(
-    mut send: quinn::SendStream,
-    mut work: mpsc::Receiver<Work>,
+/// The sending half of a session.
+struct Acknowledger {
+    send: quinn::SendStream,
     sessions: Arc<SessionTable>,
     token: Token,
-    mut last_acked: u64,
+    last_acked: u64,
+    credits: Arc<Semaphore>,
+    /// The server-wide load state; the client hears of every change.
+    load: watch::Receiver<LoadState>,
+    server_load: Arc<ServerLoad>,
+}
+
+impl Acknowledger {
+    fn flow_control(&self, state: LoadState, retry_after: Option<Duration>) -> Frame {
+        let credits = u32::try_from(self.credits.available_permits()).unwrap_or(u32::MAX);
+        flow_control(&self.server_load, state, credits, retry_after)
+    }
+}
+
+/// A FlowControl for `state`. Paused (Critical or worse) grants no credits; Overloaded
+/// always carries a retry hint, the server's current one unless `retry_after` is given.
+fn flow_control(
+    load: &ServerLoad,
+    state: LoadState,
+    credits: u32,
+    retry_after: Option<Duration>,
+) -> Frame {
+    let retry_after = match (state, retry_after) {
+        (LoadState::Overloaded, None) => Some(load.retry_hint()),
+        (_, given) => given,
+    };
+    Frame::FlowControl {
+        credits: if state >= LoadState::Critical {
+            0
+        } else {
+            credits
+        },
+        state,
+        retry_after_ms: retry_after.map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+    }
+}
+
+/// Waits for each batch in order and answers: a Reject per refused observation, then one
+/// cumulative Ack for the batch. Every observation up to an acked seq is durable or
+/// rejected. Between batches, tells the client when the server's load state changes.
+async fn acknowledge(
+    mut ack: Acknowledger,
+    mut work: mpsc::Receiver<Work>,
 ) -> Result<(), SessionError> {
     let mut last_lsn = 0u64;
-    while let Some(item) = work.recv().await {
+    let mut told = *ack.load.borrow_and_update();
+    let mut load_open = true;
+    loop {
+        let item = tokio::select! {
+            biased;
+            item = work.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
+            changed = ack.load.changed(), if load_open => {
+                if changed.is_err() {
+                    load_open = false;
+                    continue;
+                }
+                let state = *ack.load.borrow_and_update();
+                if state != told {
+                    told = state;
+                    let frame = ack.flow_control(state, None);
+                    write_frames(&mut ack.send, &[frame]).await?;
+                }
+                continue;
+            }
+        };
         match item {
             Work::Batch {
                 last_seq,
                 seqs,
                 outcome,
                 _credits,
+                _queued,
+                overloaded,
             } => {
                 let outcomes = match outcome.await.expect("ingest does not panic") {
                     Ok(outcomes) => outcomes,
                     Err(e) => {
                         write_frames(
-                            &mut send,
+                            &mut ack.send,
                             &[Frame::Error {
                                 code: ErrorCode::StorageFailed as u16,
                                 message: e.to_string(),
                             }],
                         )
                         .await?;
-                        finish_delivered(&mut send).await;
+                        finish_delivered(&mut ack.send).await;
                         return Err(e.into());
                     }
                 };
                 let mut frames = Vec::new();
+                if let Some(o) = overloaded {
+                    told = LoadState::Overloaded;
+                    frames.push(ack.flow_control(LoadState::Overloaded, Some(o.retry_after)));
+                }
                 for (seq, handled) in seqs.iter().zip(outcomes) {
                     match handled {
                         Handled::Stored { lsn } | Handled::Duplicate { lsn } => {
@@ -393,35 +503,35 @@ async fn acknowledge(
                         Handled::Rejected(rejection) => frames.push(rejection.to_frame(*seq)),
                     }
                 }
-                last_acked = last_acked.max(last_seq);
+                ack.last_acked = ack.last_acked.max(last_seq);
                 frames.push(Frame::Ack {
-                    seq: last_acked,
+                    seq: ack.last_acked,
                     lsn: last_lsn,
                 });
-                write_frames(&mut send, &frames).await?;
-                sessions.acked(&token, last_acked);
+                write_frames(&mut ack.send, &frames).await?;
+                ack.sessions.acked(&ack.token, ack.last_acked);
             }
             Work::Goodbye => {
                 write_frames(
-                    &mut send,
+                    &mut ack.send,
                     &[Frame::ServerGoodbye {
-                        last_acked_seq: last_acked,
+                        last_acked_seq: ack.last_acked,
                     }],
                 )
                 .await?;
-                finish_delivered(&mut send).await;
+                finish_delivered(&mut ack.send).await;
                 return Ok(());
             }
             Work::Error(code, message) => {
                 write_frames(
-                    &mut send,
+                    &mut ack.send,
                     &[Frame::Error {
                         code: code as u16,
                         message,
                     }],
                 )
                 .await?;
-                finish_delivered(&mut send).await;
+                finish_delivered(&mut ack.send).await;
                 return Ok(());
             }
         }

@@ -1,0 +1,255 @@
+//! Server-wide backpressure: how many observation bytes every session together has handed
+//! to ingest and not yet seen acknowledged (the commit queue, in bytes).
+//!
+//! Per-session credits bound what one session holds; this bounds the sum, whatever the
+//! number of sessions. The level maps to a `LoadState` that sessions tell their clients:
+//!
+//! | queued bytes            | state      | what sessions do                               |
+//! |-------------------------|------------|------------------------------------------------|
+//! | < 50% of the bound      | Normal     | read and ingest                                |
+//! | 50% to 75%              | Warning    | the same; clients are told                     |
+//! | 75% to 100%             | Critical   | stop reading (QUIC flow control holds senders) |
+//! | a batch would pass 100% | Overloaded | refuse that batch: Reject `Overloaded`, retry   |
+//!
+//! Overloaded happens when sessions that had already read a batch find the bound passed:
+//! their frames are dropped at once, so the server never holds more than the bound.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::validate::Rejection;
+use crate::transport::protocol::{LoadState, RejectCode};
+
+pub const QUEUE_BYTES_MAX_DEFAULT: u64 = 256 << 20;
+/// Bounds of the retry hint given with Overloaded.
+const RETRY_AFTER_MIN: Duration = Duration::from_millis(10);
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(5);
+/// The hint before any batch has gone through the queue.
+const RETRY_AFTER_UNMEASURED: Duration = Duration::from_millis(50);
+
+#[derive(Debug)]
+pub struct ServerLoad {
+    queued: AtomicU64,
+    queue_bytes_max: u64,
+    state: watch::Sender<LoadState>,
+    /// How long batches recently stayed queued (admitted to acknowledged), smoothed, in
+    /// microseconds; 0 until the first one. The retry hint: one turn of the queue.
+    queue_time_us: AtomicU64,
+}
+
+/// Queued bytes, released when dropped (once the batch is acknowledged or refused).
+#[derive(Debug)]
+pub struct LoadPermit {
+    load: Arc<ServerLoad>,
+    bytes: u64,
+    admitted_at: Instant,
+}
+
+/// Admitting the batch would pass the bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overloaded {
+    pub retry_after: Duration,
+    pub queued: u64,
+    pub queue_bytes_max: u64,
+}
+
+impl Overloaded {
+    /// The Reject every observation of a refused batch gets.
+    pub fn rejection(&self) -> Rejection {
+        Rejection {
+            code: RejectCode::Overloaded,
+            field: "observation",
+            expected: format!(
+                "room in the server's commit queue ({} bytes at most)",
+                self.queue_bytes_max
+            ),
+            got: format!(
+                "{} bytes queued; retry after {} ms",
+                self.queued,
+                self.retry_after.as_millis()
+            ),
+        }
+    }
+}
+
+impl ServerLoad {
+    pub fn new(queue_bytes_max: u64) -> ServerLoad {
+        assert!(queue_bytes_max > 0, "the commit queue bound is positive");
+        ServerLoad {
+            queued: AtomicU64::new(0),
+            queue_bytes_max,
+            state: watch::channel(LoadState::Normal).0,
+            queue_time_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn queue_bytes_max(&self) -> u64 {
+        self.queue_bytes_max
+    }
+
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    pub fn state(&self) -> LoadState {
+        *self.state.borrow()
+    }
+
+    /// Follows the state: sessions tell their clients when it changes.
+    pub fn subscribe(&self) -> watch::Receiver<LoadState> {
+        self.state.subscribe()
+    }
+
+    fn state_at(&self, queued: u64) -> LoadState {
+        let max = self.queue_bytes_max;
+        if queued >= max {
+            LoadState::Overloaded
+        } else if queued >= max / 4 * 3 {
+            LoadState::Critical
+        } else if queued >= max / 2 {
+            LoadState::Warning
+        } else {
+            LoadState::Normal
+        }
+    }
+
+    fn publish(&self) {
+        let now = self.state_at(self.queued());
+        self.state.send_if_modified(|s| {
+            let changed = *s != now;
+            *s = now;
+            changed
+        });
+    }
+
+    /// Queues `bytes` if they fit under the bound, else says when to retry.
+    pub fn admit(self: &Arc<Self>, bytes: u64) -> Result<LoadPermit, Overloaded> {
+        let mut queued = self.queued();
+        loop {
+            // One batch larger than the whole bound still goes in when nothing is queued,
+            // or it could never be stored.
+            if queued > 0 && queued.saturating_add(bytes) > self.queue_bytes_max {
+                let overloaded = Overloaded {
+                    retry_after: self.retry_after(queued),
+                    queued,
+                    queue_bytes_max: self.queue_bytes_max,
+                };
+                self.state.send_if_modified(|s| {
+                    let changed = *s != LoadState::Overloaded;
+                    *s = LoadState::Overloaded;
+                    changed
+                });
+                return Err(overloaded);
+            }
+            match self.queued.compare_exchange_weak(
+                queued,
+                queued + bytes,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => queued = now,
+            }
+        }
+        self.publish();
+        Ok(LoadPermit {
+            load: self.clone(),
+            bytes,
+            admitted_at: Instant::now(),
+        })
+    }
+
+    /// Waits while the server is Critical or worse: a session stops reading meanwhile.
+    pub async fn wait_below_critical(&self, rx: &mut watch::Receiver<LoadState>) {
+        let _ = rx.wait_for(|s| *s < LoadState::Critical).await;
+    }
+
+    /// The retry hint for now: sessions send it with every Overloaded state.
+    pub fn retry_hint(&self) -> Duration {
+        self.retry_after(self.queued())
+    }
+
+    /// About one turn of the queue: how long batches recently stayed in it, scaled by how
+    /// far over the pause mark it is now.
+    fn retry_after(&self, queued: u64) -> Duration {
+        let turn_us = self.queue_time_us.load(Ordering::Relaxed);
+        if turn_us == 0 {
+            return RETRY_AFTER_UNMEASURED;
+        }
+        let pause_mark = (self.queue_bytes_max / 4 * 3).max(1);
+        let scale = (queued as f64 / pause_mark as f64).max(1.0);
+        Duration::from_micros(turn_us)
+            .mul_f64(scale)
+            .clamp(RETRY_AFTER_MIN, RETRY_AFTER_MAX)
+    }
+
+    fn record_queue_time(&self, took: Duration) {
+        let sample = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        let old = self.queue_time_us.load(Ordering::Relaxed);
+        // Racing updates may lose a sample; a hint does not need every one.
+        let smoothed = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample) / 8
+        };
+        self.queue_time_us.store(smoothed.max(1), Ordering::Relaxed);
+    }
+}
+
+impl Drop for LoadPermit {
+    fn drop(&mut self) {
+        let before = self.load.queued.fetch_sub(self.bytes, Ordering::AcqRel);
+        assert!(before >= self.bytes, "released more than was queued");
+        self.load.record_queue_time(self.admitted_at.elapsed());
+        self.load.publish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_follow_the_queue_and_the_bound_refuses_with_a_retry_hint() {
+        let load = Arc::new(ServerLoad::new(1000));
+        let rx = load.subscribe();
+        let a = load.admit(400).unwrap();
+        assert_eq!(load.state(), LoadState::Normal);
+        let b = load.admit(200).unwrap();
+        assert_eq!(load.state(), LoadState::Warning);
+        assert!(rx.has_changed().unwrap());
+        let c = load.admit(200).unwrap();
+        assert_eq!(load.state(), LoadState::Critical);
+        let refused = load.admit(300).unwrap_err();
+        assert_eq!(load.state(), LoadState::Overloaded);
+        assert_eq!((refused.queued, refused.queue_bytes_max), (800, 1000));
+        assert!(refused.retry_after >= RETRY_AFTER_MIN && refused.retry_after <= RETRY_AFTER_MAX);
+        assert_eq!(load.queued(), 800, "a refused batch queues nothing");
+        drop((a, b));
+        assert_eq!(load.state(), LoadState::Normal);
+        drop(c);
+        assert_eq!(load.queued(), 0);
+        let whole = load.admit(5000).expect("an oversize batch goes in alone");
+        assert_eq!(load.state(), LoadState::Overloaded);
+        drop(whole);
+        assert_eq!(load.state(), LoadState::Normal);
+    }
+
+    #[tokio::test]
+    async fn a_paused_session_resumes_when_the_queue_drains() {
+        let load = Arc::new(ServerLoad::new(100));
+        let held = load.admit(80).unwrap();
+        let mut rx = load.subscribe();
+        let waiter = {
+            let load = load.clone();
+            tokio::spawn(async move { load.wait_below_critical(&mut rx).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "paused while Critical");
+        drop(held);
+        waiter.await.unwrap();
+    }
+}
