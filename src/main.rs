@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::sync::Arc;
 
+mod cli;
+
 use engram::ingest::{Engine, IngestLimits};
 use engram::transport::http::Readiness;
 use engram::transport::tls::ServerIdentity;
@@ -27,7 +29,12 @@ enum Command {
     /// Stream observations from a JSON-lines file (`-` for stdin) to a server. Each line:
     /// {"id": "...", "embedding": [...], "what": "...", "confidence": 0.9, "when_unix_ns": 0};
     /// all but id and embedding are optional. Exits 1 if the server refused any.
-    Observe(ObserveArgs),
+    Observe(cli::observe::ObserveArgs),
+    /// List the server's spaces: dimension, observations stored, newest LSN.
+    Spaces(cli::spaces::SpacesArgs),
+    /// Check that every id in a file (one per line, as `engram-load --ids-out` writes) is
+    /// stored in a space. Exits 1 if any is missing.
+    Check(cli::check::CheckArgs),
 }
 
 #[derive(clap::Args)]
@@ -50,6 +57,9 @@ struct ServeArgs {
     /// pass 100% is refused with the retryable Overloaded and a retry hint.
     #[arg(long, env = "ENGRAM_QUEUE_BYTES_MAX", default_value_t = engram::ingest::load::QUEUE_BYTES_MAX_DEFAULT)]
     queue_bytes_max: u64,
+    /// Spaces the server keeps at most; an observation for one more is refused.
+    #[arg(long, env = "ENGRAM_SPACES_MAX", default_value_t = engram::ingest::limits::SPACES_MAX_DEFAULT)]
+    spaces_max: u32,
     /// Largest UDP payload path MTU discovery may raise QUIC packets to (1200-65527).
     /// Fewer, larger packets cost less per byte where the path carries them.
     #[arg(long, env = "ENGRAM_QUIC_UDP_PAYLOAD_MAX", default_value_t = engram::transport::endpoint::UDP_PAYLOAD_MAX_DEFAULT)]
@@ -112,7 +122,9 @@ fn main() -> anyhow::Result<()> {
         .init();
     let matches = Cli::command().get_matches();
     match Cli::from_arg_matches(&matches)?.command {
-        Command::Observe(args) => observe(args),
+        Command::Observe(args) => cli::observe::run(args),
+        Command::Spaces(args) => cli::spaces::run(args),
+        Command::Check(args) => cli::check::run(args),
         Command::Serve(mut args) => {
             let given = matches
                 .subcommand_matches("serve")
@@ -136,6 +148,7 @@ struct ConfigFile {
     inflight_bytes_max: Option<u32>,
     quic_udp_payload_max: Option<u16>,
     queue_bytes_max: Option<u64>,
+    spaces_max: Option<u32>,
     wal_segment_bytes: Option<u64>,
     wal_commit_window_us: Option<u64>,
     wal_commit_bytes_max: Option<u64>,
@@ -176,6 +189,7 @@ fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyhow::
     fill!(inflight_bytes_max, anyhow::Ok);
     fill!(quic_udp_payload_max, anyhow::Ok);
     fill!(queue_bytes_max, anyhow::Ok);
+    fill!(spaces_max, anyhow::Ok);
     fill!(wal_segment_bytes, anyhow::Ok);
     fill!(wal_commit_window_us, anyhow::Ok);
     fill!(wal_commit_bytes_max, anyhow::Ok);
@@ -202,6 +216,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let limits = IngestLimits {
         inflight_bytes_max: args.inflight_bytes_max,
         queue_bytes_max: args.queue_bytes_max,
+        spaces_max: args.spaces_max,
         ..IngestLimits::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -281,117 +296,4 @@ impl ShutdownSignal {
             _ = self.interrupt.recv() => {}
         }
     }
-}
-
-#[derive(clap::Args)]
-struct ObserveArgs {
-    /// The memory space the observations go to.
-    #[arg(long)]
-    space: String,
-    /// A JSON-lines file, or `-` for stdin.
-    #[arg(long)]
-    file: PathBuf,
-    #[arg(long, env = "ENGRAM_ADDR", default_value = "127.0.0.1:7400")]
-    addr: std::net::SocketAddr,
-    /// The server's certificate; the server writes its own to DATA_DIR/tls/cert.der.
-    #[arg(
-        long,
-        env = "ENGRAM_CERT",
-        default_value = "./engram-data/tls/cert.der"
-    )]
-    cert: PathBuf,
-    /// Print the summary as one JSON object.
-    #[arg(long)]
-    json: bool,
-}
-
-/// One line of an `engram observe` file.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ObservationLine {
-    id: String,
-    embedding: Vec<f32>,
-    #[serde(default)]
-    what: String,
-    #[serde(default = "full_confidence")]
-    confidence: f32,
-    when_unix_ns: Option<i64>,
-}
-
-fn full_confidence() -> f32 {
-    1.0
-}
-
-fn observe(args: ObserveArgs) -> anyhow::Result<()> {
-    use std::io::BufRead;
-    let cert = std::fs::read(&args.cert)
-        .with_context(|| format!("reading the server certificate {}", args.cert.display()))?;
-    let input: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(&args.file)
-                .with_context(|| format!("opening {}", args.file.display()))?,
-        ))
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (sent, acked, rejected) = runtime.block_on(async {
-        let options = engram::client::ClientOptions::new(args.addr, cert, "engram-observe");
-        let mut stream =
-            engram::client::ObservationStream::connect(options, Default::default()).await?;
-        let mut sent = 0u64;
-        for (n, line) in input.lines().enumerate() {
-            let line = line?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let parsed: ObservationLine = serde_json::from_str(&line)
-                .with_context(|| format!("line {} of {}", n + 1, args.file.display()))?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_nanos() as i64;
-            stream
-                .send(engram::observation::Observation {
-                    space: args.space.clone(),
-                    id: parsed.id,
-                    when_unix_ns: parsed.when_unix_ns.unwrap_or(now),
-                    confidence: parsed.confidence,
-                    what: parsed.what,
-                    embedding: parsed.embedding,
-                })
-                .await?;
-            sent += 1;
-        }
-        stream.flush().await?;
-        let (acked, rejected) = (stream.take_acked(), stream.take_rejected());
-        stream.close().await?;
-        anyhow::Ok((sent, acked.len(), rejected))
-    })?;
-    for (obs, why) in &rejected {
-        eprintln!(
-            "refused {}: field {} expected {}, got {}",
-            obs.id, why.field, why.expected, why.got
-        );
-    }
-    if args.json {
-        let refused: Vec<_> = rejected
-            .iter()
-            .map(|(o, r)| serde_json::json!({"id": o.id, "code": r.code, "field": r.field, "expected": r.expected, "got": r.got}))
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({"sent": sent, "acked": acked, "rejected": refused})
-        );
-    } else {
-        println!(
-            "sent {sent}, acknowledged (durable) {acked}, refused {}",
-            rejected.len()
-        );
-    }
-    if !rejected.is_empty() {
-        std::process::exit(1);
-    }
-    Ok(())
 }

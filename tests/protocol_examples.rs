@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use engram::transport::protocol::{
-    ErrorCode, Frame, Limits, LoadState, ObserveFrame, ProtocolError, RejectCode,
+    ErrorCode, Frame, Limits, LoadState, ObserveFrame, ProtocolError, RejectCode, SpaceEntry,
     FRAME_BYTES_MAX_DEFAULT,
 };
 use proptest::prelude::*;
@@ -62,6 +62,35 @@ fn expected_frames() -> BTreeMap<&'static str, Frame> {
             }),
         ),
         ("client_goodbye", Frame::ClientGoodbye { last_seq: 7 }),
+        ("list_spaces", Frame::ListSpaces { request_id: 3 }),
+        (
+            "check_ids",
+            Frame::CheckIds {
+                request_id: 4,
+                space: "notes".into(),
+                ids: vec!["n-1".into(), "n-2".into()],
+            },
+        ),
+        (
+            "space_list",
+            Frame::SpaceList {
+                request_id: 3,
+                durable_lsn: 42,
+                spaces: vec![SpaceEntry {
+                    name: "notes".into(),
+                    dim: 2,
+                    observations: 2,
+                    last_lsn: 42,
+                }],
+            },
+        ),
+        (
+            "check_result",
+            Frame::CheckResult {
+                request_id: 4,
+                found: vec![true, false, true],
+            },
+        ),
         (
             "welcome",
             Frame::Welcome {
@@ -192,6 +221,24 @@ fn malformed_frames_get_typed_errors() {
             field: "client_name"
         })
     );
+    // A CheckIds that claims more ids than allowed, or than its bytes can hold, is refused
+    // before anything is allocated for them.
+    let mut too_many = examples["check_ids"].clone();
+    let count_at = 4 + 1 + 8 + 6;
+    too_many[count_at..count_at + 4].copy_from_slice(&4097u32.to_le_bytes());
+    assert_eq!(
+        Frame::decode(&too_many, 1 << 20),
+        Err(ProtocolError::InvalidValue {
+            field: "count",
+            value: 4097
+        })
+    );
+    let mut overclaimed = examples["check_ids"].clone();
+    overclaimed[count_at..count_at + 4].copy_from_slice(&4000u32.to_le_bytes());
+    assert!(matches!(
+        Frame::decode(&overclaimed, 1 << 20),
+        Err(ProtocolError::Truncated { field: "ids", .. })
+    ));
     let mut bad_state = examples["flow_control"].clone();
     bad_state[9] = 9;
     assert_eq!(
@@ -273,6 +320,40 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 retry_after_ms
             }),
         (any::<u16>(), arb_string(100)).prop_map(|(code, message)| Frame::Error { code, message }),
+        any::<u64>().prop_map(|request_id| Frame::ListSpaces { request_id }),
+        (
+            any::<u64>(),
+            arb_string(15),
+            prop::collection::vec(arb_string(20), 0..20)
+        )
+            .prop_map(|(request_id, space, ids)| Frame::CheckIds {
+                request_id,
+                space,
+                ids
+            }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(
+                (arb_string(15), any::<u32>(), any::<u64>(), any::<u64>()),
+                0..10
+            )
+        )
+            .prop_map(|(request_id, durable_lsn, spaces)| Frame::SpaceList {
+                request_id,
+                durable_lsn,
+                spaces: spaces
+                    .into_iter()
+                    .map(|(name, dim, observations, last_lsn)| SpaceEntry {
+                        name,
+                        dim,
+                        observations,
+                        last_lsn
+                    })
+                    .collect()
+            }),
+        (any::<u64>(), prop::collection::vec(any::<bool>(), 0..40))
+            .prop_map(|(request_id, found)| Frame::CheckResult { request_id, found }),
     ]
 }
 

@@ -12,7 +12,9 @@ use tokio::sync::{mpsc, watch};
 use crate::observation::Observation;
 use crate::transport::endpoint::QuicTuning;
 use crate::transport::framed::{write_frames, FrameReader, StreamError};
-use crate::transport::protocol::{Frame, Limits, LoadState, PROTOCOL_VERSION, RESUME_TOKEN_BYTES};
+use crate::transport::protocol::{
+    Frame, Limits, LoadState, SpaceEntry, PROTOCOL_VERSION, RESUME_TOKEN_BYTES,
+};
 use crate::transport::tls::{quic_client_config, TlsError};
 
 #[derive(Clone, Debug)]
@@ -60,6 +62,14 @@ pub enum ClientError {
     Ended { seq: u64, acked: u64 },
 }
 
+/// The server's spaces, as ListSpaces answered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpaceListing {
+    /// The log's durable LSN when the list was made.
+    pub durable_lsn: u64,
+    pub spaces: Vec<SpaceEntry>,
+}
+
 /// A refused observation, as the server named it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rejected {
@@ -92,6 +102,10 @@ pub struct Progress {
     pub error: Option<(u16, String)>,
 }
 
+/// Answers read and not yet taken, at most; a client has one request out at a time.
+const ANSWERS_QUEUED_MAX: usize = 4;
+/// Ids per CheckIds frame sent: 1024 of the longest ids fit well inside 1 MiB.
+const CHECK_IDS_PER_REQUEST: usize = 1024;
 /// Encoded frames queued for the writer task, at most.
 const OUTBOX_FRAMES_MAX: usize = 256;
 /// Bytes the writer hands to QUIC in one write, about: a write per frame costs a lock and a
@@ -103,6 +117,9 @@ pub struct Session {
     connection: quinn::Connection,
     /// Frames to send, written by `writer` in batches of whatever has queued up.
     outbox: mpsc::Sender<Vec<u8>>,
+    /// Answers to ListSpaces and CheckIds, in request order.
+    responses: mpsc::Receiver<Frame>,
+    next_request_id: u64,
     /// Taken when awaited: once the writer has stopped.
     writer: Option<tokio::task::JoinHandle<Result<quinn::SendStream, StreamError>>>,
     progress: watch::Receiver<Progress>,
@@ -166,7 +183,8 @@ impl Session {
             acked_seq: last_acked_seq,
             ..Progress::default()
         });
-        tokio::spawn(follow(reader, tx));
+        let (answers, responses) = mpsc::channel(ANSWERS_QUEUED_MAX);
+        tokio::spawn(follow(reader, tx, answers));
         let (outbox, queued) = mpsc::channel(OUTBOX_FRAMES_MAX);
         let writer = Some(tokio::spawn(write_out(send, queued)));
         Ok(Session {
@@ -174,6 +192,8 @@ impl Session {
             connection,
             outbox,
             writer,
+            responses,
+            next_request_id: 1,
             progress,
             next_seq: last_acked_seq + 1,
             session_id,
@@ -209,6 +229,85 @@ impl Session {
                 acked: self.progress().acked_seq,
             },
         })
+    }
+
+    /// Every space the server has, with its dimension and counts. Answered after the
+    /// server acknowledged everything this session sent before.
+    pub async fn list_spaces(&mut self) -> Result<SpaceListing, ClientError> {
+        let request_id = self
+            .request(|request_id| Frame::ListSpaces { request_id })
+            .await?;
+        match self.answer(request_id).await? {
+            Frame::SpaceList {
+                durable_lsn,
+                spaces,
+                ..
+            } => Ok(SpaceListing {
+                durable_lsn,
+                spaces,
+            }),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// For each of `ids`: whether the server has it stored durably in `space`.
+    pub async fn check_ids(
+        &mut self,
+        space: &str,
+        ids: &[String],
+    ) -> Result<Vec<bool>, ClientError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(CHECK_IDS_PER_REQUEST) {
+            let request_id = self
+                .request(|request_id| Frame::CheckIds {
+                    request_id,
+                    space: space.to_owned(),
+                    ids: chunk.to_vec(),
+                })
+                .await?;
+            match self.answer(request_id).await? {
+                Frame::CheckResult { found: part, .. } if part.len() == chunk.len() => {
+                    found.extend(part)
+                }
+                other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+            }
+        }
+        Ok(found)
+    }
+
+    async fn request(&mut self, frame: impl FnOnce(u64) -> Frame) -> Result<u64, ClientError> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let mut bytes = Vec::new();
+        frame(request_id).encode(&mut bytes);
+        self.queue(bytes).await?;
+        Ok(request_id)
+    }
+
+    /// The answer to `request_id`: answers come in request order.
+    async fn answer(&mut self, request_id: u64) -> Result<Frame, ClientError> {
+        let Some(answer) = self.responses.recv().await else {
+            let p = self.progress();
+            return Err(match p.error {
+                Some((code, message)) => ClientError::Server { code, message },
+                None => ClientError::Ended {
+                    seq: self.next_seq,
+                    acked: p.acked_seq,
+                },
+            });
+        };
+        let answered = match &answer {
+            Frame::SpaceList { request_id, .. } | Frame::CheckResult { request_id, .. } => {
+                *request_id
+            }
+            _ => 0,
+        };
+        if answered != request_id {
+            return Err(ClientError::Unexpected(format!(
+                "an answer to request {answered} while waiting for {request_id}"
+            )));
+        }
+        Ok(answer)
     }
 
     /// The highest load state the server has reported in this session.
@@ -304,10 +403,20 @@ async fn write_out(
     Ok(send)
 }
 
-/// Applies the server's frames to the progress until the stream ends.
-async fn follow(mut reader: FrameReader, progress: watch::Sender<Progress>) {
+/// Applies the server's frames to the progress until the stream ends; answers to
+/// requests go to `answers`.
+async fn follow(
+    mut reader: FrameReader,
+    progress: watch::Sender<Progress>,
+    answers: mpsc::Sender<Frame>,
+) {
     loop {
         let frame = reader.next().await;
+        if let Ok(Some(answer @ (Frame::SpaceList { .. } | Frame::CheckResult { .. }))) = frame {
+            // Nobody waiting (the session was dropped mid-request) is not an error.
+            let _ = answers.send(answer).await;
+            continue;
+        }
         let mut done = false;
         progress.send_modify(|p| match frame {
             Ok(Some(Frame::Ack { seq, lsn })) => {

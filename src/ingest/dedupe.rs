@@ -135,10 +135,21 @@ impl DedupeIndex {
         }
     }
 
-    /// Records an observation found in the log during recovery.
-    pub fn record_durable(&self, space: &str, id: &str, lsn: Lsn) {
+    /// Records an observation found in the log during recovery; false if its key was
+    /// already recorded (the first LSN stands).
+    pub fn record_durable(&self, space: &str, id: &str, lsn: Lsn) -> bool {
         let key = self.key(space, id);
-        self.shard(key).entry(key).or_insert(Slot::Durable(lsn));
+        let mut shard = self.shard(key);
+        if shard.contains_key(&key) {
+            return false;
+        }
+        shard.insert(key, Slot::Durable(lsn));
+        true
+    }
+
+    /// Where (space, id) is stored, if it is durable.
+    pub fn durable(&self, space: &str, id: &str) -> Option<Lsn> {
+        self.durable_lsn(self.key(space, id))
     }
 
     pub fn len(&self) -> usize {

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::transport::protocol::{ObserveFrame, RejectCode};
-use crate::wal::{wal_dir, Entry, Lsn, RecordKind, Wal, WalConfig, WalError};
+use crate::wal::{wal_dir, Entry, Lsn, RecordKind, Submitted, Wal, WalConfig, WalError};
 
-use super::dedupe::{DedupeIndex, Reservation};
+use super::dedupe::{Claims, DedupeIndex, InFlight, Reservation};
 use super::limits::IngestLimits;
 use super::load::ServerLoad;
 use super::rebuild::{rebuild, RebuildError};
@@ -81,6 +81,13 @@ impl Engine {
         &self.wal
     }
 
+    /// For each (space, id) of `space`: whether it is stored durably.
+    pub fn contains(&self, space: &str, ids: &[String]) -> Vec<bool> {
+        ids.iter()
+            .map(|id| self.dedupe.durable(space, id).is_some())
+            .collect()
+    }
+
     /// The commit queue every session shares: admit a batch before ingesting it.
     pub fn load(&self) -> &Arc<ServerLoad> {
         &self.load
@@ -93,10 +100,26 @@ impl Engine {
     /// Handles a session's observations, in order; one log append for all the new ones.
     /// Returns an outcome per observation, in the same order. An error means the log can
     /// take nothing more (a latched failure): the session ends.
-    pub async fn ingest(&self, batch: Vec<ObserveFrame>) -> Result<Vec<Handled>, EngineError> {
+    pub async fn ingest(
+        self: &Arc<Self>,
+        batch: Vec<ObserveFrame>,
+    ) -> Result<Vec<Handled>, EngineError> {
+        self.submit(batch).await?.outcome().await
+    }
+
+    /// The first half of `ingest`: validates, reserves the keys and queues the new
+    /// observations in the log, waiting only for room in the commit queue. A session
+    /// that submits its batches one after the other keeps its observations in log order
+    /// while their syncs overlap.
+    pub async fn submit(
+        self: &Arc<Self>,
+        batch: Vec<ObserveFrame>,
+    ) -> Result<SubmittedBatch, EngineError> {
         let mut outcomes: Vec<Option<Handled>> = vec![None; batch.len()];
         let mut claims = self.dedupe.claims();
         let mut claimed = Vec::new();
+        // Claimed observations per space, in runs: (space, how many in a row).
+        let mut claimed_spaces: Vec<(String, u64)> = Vec::new();
         let mut entries = Vec::new();
         let mut waits = Vec::new();
         for (i, obs) in batch.into_iter().enumerate() {
@@ -109,6 +132,10 @@ impl Engine {
                 Reservation::InFlight(wait) => waits.push((i, obs, wait)),
                 Reservation::New => {
                     claimed.push(i);
+                    match claimed_spaces.last_mut() {
+                        Some((space, n)) if *space == obs.space => *n += 1,
+                        _ => claimed_spaces.push((obs.space.clone(), 1)),
+                    }
                     entries.push(Entry {
                         kind: RecordKind::Observation,
                         payload: obs.into_observation().to_payload(),
@@ -116,13 +143,60 @@ impl Engine {
                 }
             }
         }
-        if !entries.is_empty() {
-            match self.wal.append(entries).await {
+        let append = if entries.is_empty() {
+            None
+        } else {
+            Some(self.wal.submit(entries).await?)
+        };
+        Ok(SubmittedBatch {
+            engine: self.clone(),
+            outcomes,
+            claims,
+            claimed,
+            claimed_spaces,
+            append,
+            waits,
+        })
+    }
+}
+
+/// A batch whose new observations are in the commit queue (`Engine::submit`).
+pub struct SubmittedBatch {
+    engine: Arc<Engine>,
+    outcomes: Vec<Option<Handled>>,
+    claims: Claims,
+    /// Indexes of the observations appended, in append order.
+    claimed: Vec<usize>,
+    claimed_spaces: Vec<(String, u64)>,
+    append: Option<Submitted>,
+    /// Observations another batch is storing right now.
+    waits: Vec<(usize, ObserveFrame, InFlight)>,
+}
+
+impl SubmittedBatch {
+    /// Waits until the batch is durable: an outcome per observation, in order.
+    pub async fn outcome(self) -> Result<Vec<Handled>, EngineError> {
+        let SubmittedBatch {
+            engine,
+            mut outcomes,
+            claims,
+            claimed,
+            claimed_spaces,
+            append,
+            waits,
+        } = self;
+        if let Some(append) = append {
+            match append.durable().await {
                 Ok(range) => {
                     for (&i, lsn) in claimed.iter().zip(range.iter()) {
                         outcomes[i] = Some(Handled::Stored { lsn });
                     }
                     claims.commit(range.iter());
+                    let mut next = range.first.0;
+                    for (space, n) in &claimed_spaces {
+                        next += n;
+                        engine.spaces.stored(space, *n, Lsn(next - 1));
+                    }
                 }
                 // Dropping the claims frees the keys for a retry.
                 Err(e @ WalError::StorageFull { .. }) => {
@@ -143,7 +217,7 @@ impl Engine {
             outcomes[i] = Some(match wait.outcome().await {
                 Some(lsn) => Handled::Duplicate { lsn },
                 // The other append failed: store it here, on its own.
-                None => Box::pin(self.ingest(vec![obs])).await?.remove(0),
+                None => Box::pin(engine.ingest(vec![obs])).await?.remove(0),
             });
         }
         Ok(outcomes

@@ -10,6 +10,8 @@ pub const WHAT_BYTES_MAX_DEFAULT: u32 = 64 << 10;
 /// The largest dimension accepted: 4096 f32 is 16 KiB per embedding.
 pub const EMBEDDING_DIM_MAX_DEFAULT: u32 = 4096;
 pub const INFLIGHT_BYTES_MAX_DEFAULT: u32 = 8 << 20;
+/// 10,000 spaces of the longest names list in about 850 KB, under the 1 MiB frame.
+pub const SPACES_MAX_DEFAULT: u32 = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -21,6 +23,9 @@ pub struct IngestLimits {
     /// Observation bytes all sessions together may have unacknowledged (load.rs): past
     /// three quarters sessions pause, past all of it batches are refused as Overloaded.
     pub queue_bytes_max: u64,
+    /// Spaces the server keeps at most; an observation for one more is refused
+    /// (TooManySpaces). Bounds the space table and keeps a SpaceList within one frame.
+    pub spaces_max: u32,
 }
 
 impl Default for IngestLimits {
@@ -31,6 +36,7 @@ impl Default for IngestLimits {
             embedding_dim_max: EMBEDDING_DIM_MAX_DEFAULT,
             inflight_bytes_max: INFLIGHT_BYTES_MAX_DEFAULT,
             queue_bytes_max: super::load::QUEUE_BYTES_MAX_DEFAULT,
+            spaces_max: SPACES_MAX_DEFAULT,
         }
     }
 }

@@ -36,8 +36,13 @@ pub fn rebuild(
                         reason: e.to_string(),
                     }
                 })?;
-                dedupe.record_durable(obs.space.as_str(), obs.id.as_str(), record.lsn);
-                spaces.record(obs.space.as_str(), obs.dimension() as u32);
+                let first = dedupe.record_durable(obs.space.as_str(), obs.id.as_str(), record.lsn);
+                spaces.record(
+                    obs.space.as_str(),
+                    obs.dimension() as u32,
+                    record.lsn,
+                    first,
+                );
                 count += 1;
             }
         }
@@ -87,6 +92,15 @@ mod tests {
         assert_eq!(
             (spaces.dimension("a"), spaces.dimension("b"), spaces.len()),
             (Some(8), Some(3), 2)
+        );
+        let summaries = spaces.summaries();
+        assert_eq!(
+            summaries
+                .iter()
+                .map(|s| (s.name.as_str(), s.observations, s.last_lsn))
+                .collect::<Vec<_>>(),
+            vec![("a", 2, Lsn(2)), ("b", 1, Lsn(3))],
+            "the duplicate left by a crash is counted once"
         );
     }
 }

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
+use crate::wal::Lsn;
+
 /// What claiming a dimension for a space found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DimensionClaim {
@@ -13,65 +15,138 @@ pub enum DimensionClaim {
     Mismatch {
         expected: u32,
     },
+    /// The space is new and the server already has the most spaces it keeps.
+    Full,
 }
 
-/// Space name to dimension. A space takes the dimension of its first observation; two
-/// sessions racing to create one see a single winner (the claim is made under the lock).
-/// Rebuilt from the log on start (`record`).
+/// What the server knows of one space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpaceSummary {
+    pub name: String,
+    pub dim: u32,
+    /// Observations stored durably (each (space, id) once).
+    pub observations: u64,
+    /// The log position of its newest stored observation; 0 if none yet.
+    pub last_lsn: Lsn,
+}
+
+#[derive(Debug)]
+struct SpaceState {
+    dim: u32,
+    observations: u64,
+    last_lsn: Lsn,
+}
+
+/// Space name to dimension and counts. A space takes the dimension of its first
+/// observation; two sessions racing to create one see a single winner (the claim is made
+/// under the lock). Rebuilt from the log on start (`record`).
 #[derive(Debug, Default)]
 pub struct SpaceRegistry {
-    dims: RwLock<HashMap<String, u32>>,
+    spaces: RwLock<HashMap<String, SpaceState>>,
 }
 
 impl SpaceRegistry {
-    pub fn claim_dimension(&self, space: &str, dim: u32) -> DimensionClaim {
-        if let Some(&expected) = self.dims.read().expect("space registry lock").get(space) {
-            return if expected == dim {
+    pub fn claim_dimension(&self, space: &str, dim: u32, spaces_max: u32) -> DimensionClaim {
+        if let Some(state) = self.read().get(space) {
+            return if state.dim == dim {
                 DimensionClaim::Matches
             } else {
-                DimensionClaim::Mismatch { expected }
+                DimensionClaim::Mismatch {
+                    expected: state.dim,
+                }
             };
         }
-        let mut dims = self.dims.write().expect("space registry lock");
-        match dims.get(space) {
-            Some(&expected) if expected == dim => DimensionClaim::Matches,
-            Some(&expected) => DimensionClaim::Mismatch { expected },
+        let mut spaces = self.write();
+        match spaces.get(space) {
+            Some(state) if state.dim == dim => DimensionClaim::Matches,
+            Some(state) => DimensionClaim::Mismatch {
+                expected: state.dim,
+            },
+            None if spaces.len() >= spaces_max as usize => DimensionClaim::Full,
             None => {
-                dims.insert(space.to_owned(), dim);
+                spaces.insert(space.to_owned(), SpaceState::new(dim));
                 DimensionClaim::Claimed
             }
         }
     }
 
-    /// Records a space seen in the log during recovery.
-    pub fn record(&self, space: &str, dim: u32) {
-        self.dims
-            .write()
-            .expect("space registry lock")
+    /// Counts `count` observations of `space` stored, the newest at `last_lsn`.
+    pub fn stored(&self, space: &str, count: u64, last_lsn: Lsn) {
+        let mut spaces = self.write();
+        let state = spaces
+            .get_mut(space)
+            .expect("a space is claimed before its observations are stored");
+        state.observations += count;
+        state.last_lsn = state.last_lsn.max(last_lsn);
+    }
+
+    /// Records an observation found in the log during recovery; `first` if its
+    /// (space, id) had not been seen before in the log.
+    pub fn record(&self, space: &str, dim: u32, lsn: Lsn, first: bool) {
+        let mut spaces = self.write();
+        let state = spaces
             .entry(space.to_owned())
-            .or_insert(dim);
+            .or_insert_with(|| SpaceState::new(dim));
+        if first {
+            state.observations += 1;
+            state.last_lsn = state.last_lsn.max(lsn);
+        }
     }
 
     pub fn dimension(&self, space: &str) -> Option<u32> {
-        self.dims
+        self.read().get(space).map(|s| s.dim)
+    }
+
+    /// Every space, by name.
+    pub fn summaries(&self) -> Vec<SpaceSummary> {
+        let mut all: Vec<SpaceSummary> = self
             .read()
-            .expect("space registry lock")
-            .get(space)
-            .copied()
+            .iter()
+            .map(|(name, s)| SpaceSummary {
+                name: name.clone(),
+                dim: s.dim,
+                observations: s.observations,
+                last_lsn: s.last_lsn,
+            })
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 
     pub fn len(&self) -> usize {
-        self.dims.read().expect("space registry lock").len()
+        self.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, SpaceState>> {
+        self.spaces.read().expect("space registry lock")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, SpaceState>> {
+        self.spaces.write().expect("space registry lock")
+    }
+}
+
+impl SpaceState {
+    fn new(dim: u32) -> SpaceState {
+        SpaceState {
+            dim,
+            observations: 0,
+            last_lsn: Lsn(0),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dim_of(registry: &SpaceRegistry) -> u32 {
+        registry.dimension("s").unwrap()
+    }
 
     #[test]
     fn racing_creators_of_a_space_see_one_dimension() {
@@ -80,7 +155,7 @@ mod tests {
             let handles: Vec<_> = (0..8u32)
                 .map(|i| {
                     let registry = registry.clone();
-                    s.spawn(move || registry.claim_dimension("s", 3 + i % 2))
+                    s.spawn(move || registry.claim_dimension("s", 3 + i % 2, 10))
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -92,11 +167,17 @@ mod tests {
                 .count(),
             1
         );
+        assert_eq!(registry.claim_dimension("t", 3, 1), DimensionClaim::Full);
+        assert_eq!(
+            registry.claim_dimension("s", dim_of(&registry), 1),
+            DimensionClaim::Matches
+        );
         let dim = registry.dimension("s").unwrap();
         for o in outcomes {
             match o {
                 DimensionClaim::Mismatch { expected } => assert_eq!(expected, dim),
                 DimensionClaim::Matches | DimensionClaim::Claimed => {}
+                DimensionClaim::Full => panic!("one space is under the bound"),
             }
         }
     }

@@ -137,8 +137,14 @@ pub fn validate(
             format!("{} at index {i}", obs.embedding[i]),
         ));
     }
-    match spaces.claim_dimension(&obs.space, dim as u32) {
+    match spaces.claim_dimension(&obs.space, dim as u32, limits.spaces_max) {
         DimensionClaim::Matches | DimensionClaim::Claimed => Ok(()),
+        DimensionClaim::Full => Err(Rejection::new(
+            TooManySpaces,
+            "space",
+            format!("one of the existing spaces (at most {})", limits.spaces_max),
+            format!("new space {:?}", obs.space),
+        )),
         DimensionClaim::Mismatch { expected } => Err(Rejection::new(
             DimensionMismatch,
             "embedding",

@@ -27,12 +27,16 @@ pub enum FrameType {
     Hello = 0x01,
     Observe = 0x02,
     ClientGoodbye = 0x03,
+    ListSpaces = 0x04,
+    CheckIds = 0x05,
     Welcome = 0x41,
     Ack = 0x42,
     Reject = 0x43,
     FlowControl = 0x44,
     ServerGoodbye = 0x45,
     Error = 0x46,
+    SpaceList = 0x47,
+    CheckResult = 0x48,
 }
 
 impl FrameType {
@@ -41,12 +45,16 @@ impl FrameType {
             0x01 => FrameType::Hello,
             0x02 => FrameType::Observe,
             0x03 => FrameType::ClientGoodbye,
+            0x04 => FrameType::ListSpaces,
+            0x05 => FrameType::CheckIds,
             0x41 => FrameType::Welcome,
             0x42 => FrameType::Ack,
             0x43 => FrameType::Reject,
             0x44 => FrameType::FlowControl,
             0x45 => FrameType::ServerGoodbye,
             0x46 => FrameType::Error,
+            0x47 => FrameType::SpaceList,
+            0x48 => FrameType::CheckResult,
             _ => return None,
         })
     }
@@ -153,6 +161,17 @@ pub enum Frame {
     ClientGoodbye {
         last_seq: u64,
     },
+    /// Asks for every space; answered in order with the session's acks (SpaceList).
+    ListSpaces {
+        request_id: u64,
+    },
+    /// Asks which of `ids` are stored durably in `space` (CheckResult). At most
+    /// `CHECK_IDS_MAX` ids.
+    CheckIds {
+        request_id: u64,
+        space: String,
+        ids: Vec<String>,
+    },
     Welcome {
         session_id: u64,
         resume_token: [u8; RESUME_TOKEN_BYTES],
@@ -185,7 +204,31 @@ pub enum Frame {
         code: u16,
         message: String,
     },
+    SpaceList {
+        request_id: u64,
+        /// The log's durable LSN when the list was made.
+        durable_lsn: u64,
+        spaces: Vec<SpaceEntry>,
+    },
+    /// `found[i]`: whether the request's `ids[i]` is stored durably.
+    CheckResult {
+        request_id: u64,
+        found: Vec<bool>,
+    },
 }
+
+/// One space in a SpaceList.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpaceEntry {
+    pub name: String,
+    pub dim: u32,
+    pub observations: u64,
+    /// The log position of its newest stored observation; 0 if none.
+    pub last_lsn: u64,
+}
+
+/// The most ids one CheckIds frame may carry.
+pub const CHECK_IDS_MAX: u32 = 4096;
 
 /// Why bytes are not a valid frame.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -213,12 +256,16 @@ impl Frame {
             Frame::Hello { .. } => FrameType::Hello,
             Frame::Observe(_) => FrameType::Observe,
             Frame::ClientGoodbye { .. } => FrameType::ClientGoodbye,
+            Frame::ListSpaces { .. } => FrameType::ListSpaces,
+            Frame::CheckIds { .. } => FrameType::CheckIds,
             Frame::Welcome { .. } => FrameType::Welcome,
             Frame::Ack { .. } => FrameType::Ack,
             Frame::Reject { .. } => FrameType::Reject,
             Frame::FlowControl { .. } => FrameType::FlowControl,
             Frame::ServerGoodbye { .. } => FrameType::ServerGoodbye,
             Frame::Error { .. } => FrameType::Error,
+            Frame::SpaceList { .. } => FrameType::SpaceList,
+            Frame::CheckResult { .. } => FrameType::CheckResult,
         }
     }
 
@@ -255,6 +302,43 @@ impl Frame {
                 &o.embedding,
             ),
             Frame::ClientGoodbye { last_seq } => w.u64(*last_seq),
+            Frame::ListSpaces { request_id } => w.u64(*request_id),
+            Frame::CheckIds {
+                request_id,
+                space,
+                ids,
+            } => {
+                w.u64(*request_id);
+                w.str8(space);
+                w.u32(u32::try_from(ids.len()).expect("id count fits u32"));
+                for id in ids {
+                    w.str16(id);
+                }
+            }
+            Frame::SpaceList {
+                request_id,
+                durable_lsn,
+                spaces,
+            } => {
+                w.u64(*request_id);
+                w.u64(*durable_lsn);
+                w.u32(u32::try_from(spaces.len()).expect("space count fits u32"));
+                for space in spaces {
+                    w.str8(&space.name);
+                    w.u32(space.dim);
+                    w.u64(space.observations);
+                    w.u64(space.last_lsn);
+                }
+            }
+            Frame::CheckResult { request_id, found } => {
+                w.u64(*request_id);
+                w.u32(u32::try_from(found.len()).expect("id count fits u32"));
+                let mut bits = vec![0u8; found.len().div_ceil(8)];
+                for (i, _) in found.iter().enumerate().filter(|(_, f)| **f) {
+                    bits[i / 8] |= 1 << (i % 8);
+                }
+                w.bytes(&bits);
+            }
             Frame::Welcome {
                 session_id,
                 resume_token,
@@ -471,6 +555,61 @@ fn decode_body(kind: FrameType, r: &mut Reader<'_>) -> Result<Frame, ProtocolErr
             code: r.u16("code")?,
             message: r.str16("message")?,
         },
+        FrameType::ListSpaces => Frame::ListSpaces {
+            request_id: r.u64("request_id")?,
+        },
+        FrameType::CheckIds => {
+            let request_id = r.u64("request_id")?;
+            let space = r.str8("space")?;
+            let count = r.u32("count")?;
+            if count > CHECK_IDS_MAX {
+                return Err(ProtocolError::InvalidValue {
+                    field: "count",
+                    value: count.into(),
+                });
+            }
+            // Each id takes at least its 2-byte length: `count` is checked against the
+            // bytes left before anything is allocated for it.
+            r.expect_at_least(count as usize * 2, "ids")?;
+            let ids = (0..count)
+                .map(|_| r.str16("ids"))
+                .collect::<Result<_, _>>()?;
+            Frame::CheckIds {
+                request_id,
+                space,
+                ids,
+            }
+        }
+        FrameType::SpaceList => {
+            let request_id = r.u64("request_id")?;
+            let durable_lsn = r.u64("durable_lsn")?;
+            let count = r.u32("count")? as usize;
+            r.expect_at_least(count.saturating_mul(1 + 4 + 8 + 8), "spaces")?;
+            let spaces = (0..count)
+                .map(|_| {
+                    Ok(SpaceEntry {
+                        name: r.str8("name")?,
+                        dim: r.u32("dim")?,
+                        observations: r.u64("observations")?,
+                        last_lsn: r.u64("last_lsn")?,
+                    })
+                })
+                .collect::<Result<_, ProtocolError>>()?;
+            Frame::SpaceList {
+                request_id,
+                durable_lsn,
+                spaces,
+            }
+        }
+        FrameType::CheckResult => {
+            let request_id = r.u64("request_id")?;
+            let count = r.u32("count")? as usize;
+            let bits = r.take(count.div_ceil(8), "found")?;
+            let found = (0..count)
+                .map(|i| bits[i / 8] & (1 << (i % 8)) != 0)
+                .collect();
+            Frame::CheckResult { request_id, found }
+        }
     })
 }
 
@@ -562,6 +701,16 @@ impl<'a> Reader<'a> {
         self.rest = tail;
         Ok(head)
     }
+    /// Fails unless at least `n` bytes are left, without consuming them.
+    fn expect_at_least(&self, n: usize, field: &'static str) -> Result<(), ProtocolError> {
+        if self.rest.len() < n {
+            return Err(ProtocolError::Truncated {
+                frame: self.frame,
+                field,
+            });
+        }
+        Ok(())
+    }
     fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], ProtocolError> {
         Ok(self.take(N, field)?.try_into().expect("N bytes"))
     }
@@ -630,6 +779,8 @@ pub enum RejectCode {
     /// Retryable: the server's disk is full.
     StorageFull = 9,
     EmptyEmbedding = 10,
+    /// A new space beyond the server's `spaces_max`.
+    TooManySpaces = 11,
 }
 
 /// Why the session ends (Error.code).

@@ -12,9 +12,11 @@ use tracing::Instrument;
 
 use super::framed::{write_frames, FrameReader, StreamError};
 use super::protocol::{
-    ErrorCode, Frame, LoadState, ObserveFrame, PROTOCOL_VERSION, RESUME_TOKEN_BYTES,
+    ErrorCode, Frame, LoadState, ObserveFrame, SpaceEntry, PROTOCOL_VERSION, RESUME_TOKEN_BYTES,
 };
-use crate::ingest::{Engine, EngineError, Handled, LoadPermit, Overloaded, ServerLoad};
+use crate::ingest::{
+    Engine, EngineError, Handled, LoadPermit, Overloaded, ServerLoad, SubmittedBatch,
+};
 
 /// Observe frames read into one batch at most: one log append.
 const BATCH_OBSERVATIONS_MAX: usize = 1024;
@@ -133,17 +135,25 @@ pub enum SessionError {
     Engine(#[from] EngineError),
 }
 
+/// A batch in the log's commit queue, or already decided.
+enum BatchOutcome {
+    Submitted(SubmittedBatch),
+    Done(Result<Vec<Handled>, EngineError>),
+}
+
 enum Work {
     Batch {
         last_seq: u64,
         seqs: Vec<u64>,
-        outcome: tokio::task::JoinHandle<Result<Vec<Handled>, EngineError>>,
+        outcome: BatchOutcome,
         /// Released when the batch is acknowledged.
         _credits: Option<OwnedSemaphorePermit>,
         _queued: Option<LoadPermit>,
         /// Set when the server refused the whole batch: the client retries after this.
         overloaded: Option<Overloaded>,
     },
+    /// A ListSpaces or CheckIds frame to answer.
+    Request(Frame),
     Goodbye,
     Error(ErrorCode, String),
 }
@@ -226,7 +236,7 @@ async fn run_session(
             last_acked: last_acked_seq,
             credits: credits.clone(),
             load: engine.load().subscribe(),
-            server_load: engine.load().clone(),
+            engine: engine.clone(),
         },
         work_rx,
     ));
@@ -336,6 +346,13 @@ async fn read_observations(
                 let _ = work.send(Work::Goodbye).await;
                 return Ok(());
             }
+            Some(Some(request @ (Frame::ListSpaces { .. } | Frame::CheckIds { .. }))) => {
+                // Answered by the acknowledger in turn: after every observation sent
+                // before it is acknowledged, so a session reads its own writes.
+                if work.send(Work::Request(request)).await.is_err() {
+                    return Ok(());
+                }
+            }
             Some(Some(other)) => {
                 let _ = work
                     .send(Work::Error(
@@ -365,20 +382,16 @@ async fn dispatch(
     let seqs: Vec<u64> = batch.iter().map(|o| o.seq).collect();
     let bytes: u64 = batch.iter().map(|o| o.encoded_len() as u64).sum();
     let (outcome, queued, overloaded) = match engine.load().admit(bytes) {
-        Ok(queued) => {
-            let engine = engine.clone();
-            let outcome = tokio::spawn(async move { engine.ingest(batch).await });
-            (outcome, Some(queued), None)
-        }
+        // Submitted here, in the reader, so that the session's batches reach the log in
+        // the order they were sent; the acknowledger waits for their syncs.
+        Ok(queued) => match engine.submit(batch).await {
+            Ok(submitted) => (BatchOutcome::Submitted(submitted), Some(queued), None),
+            Err(e) => (BatchOutcome::Done(Err(e)), Some(queued), None),
+        },
         Err(overloaded) => {
             // Refused whole and dropped now: an overloaded server holds nothing more.
             let refused = vec![Handled::Rejected(overloaded.rejection()); batch.len()];
-            drop(batch);
-            (
-                tokio::spawn(async move { Ok(refused) }),
-                None,
-                Some(overloaded),
-            )
+            (BatchOutcome::Done(Ok(refused)), None, Some(overloaded))
         }
     };
     work.send(Work::Batch {
@@ -402,13 +415,13 @@ struct Acknowledger {
     credits: Arc<Semaphore>,
     /// The server-wide load state; the client hears of every change.
     load: watch::Receiver<LoadState>,
-    server_load: Arc<ServerLoad>,
+    engine: Arc<Engine>,
 }
 
 impl Acknowledger {
     fn flow_control(&self, state: LoadState, retry_after: Option<Duration>) -> Frame {
         let credits = u32::try_from(self.credits.available_permits()).unwrap_or(u32::MAX);
-        flow_control(&self.server_load, state, credits, retry_after)
+        flow_control(self.engine.load(), state, credits, retry_after)
     }
 }
 
@@ -475,7 +488,11 @@ async fn acknowledge(
                 _queued,
                 overloaded,
             } => {
-                let outcomes = match outcome.await.expect("ingest does not panic") {
+                let outcome = match outcome {
+                    BatchOutcome::Submitted(submitted) => submitted.outcome().await,
+                    BatchOutcome::Done(outcome) => outcome,
+                };
+                let outcomes = match outcome {
                     Ok(outcomes) => outcomes,
                     Err(e) => {
                         write_frames(
@@ -511,6 +528,10 @@ async fn acknowledge(
                 write_frames(&mut ack.send, &frames).await?;
                 ack.sessions.acked(&ack.token, ack.last_acked);
             }
+            Work::Request(request) => {
+                let answer = answer(&ack.engine, request);
+                write_frames(&mut ack.send, &[answer]).await?;
+            }
             Work::Goodbye => {
                 write_frames(
                     &mut ack.send,
@@ -537,6 +558,36 @@ async fn acknowledge(
         }
     }
     Ok(())
+}
+
+/// The answer to a ListSpaces or CheckIds request.
+fn answer(engine: &Engine, request: Frame) -> Frame {
+    match request {
+        Frame::ListSpaces { request_id } => Frame::SpaceList {
+            request_id,
+            durable_lsn: engine.wal().durable_lsn().0,
+            spaces: engine
+                .spaces()
+                .summaries()
+                .into_iter()
+                .map(|s| SpaceEntry {
+                    name: s.name,
+                    dim: s.dim,
+                    observations: s.observations,
+                    last_lsn: s.last_lsn.0,
+                })
+                .collect(),
+        },
+        Frame::CheckIds {
+            request_id,
+            space,
+            ids,
+        } => Frame::CheckResult {
+            request_id,
+            found: engine.contains(&space, &ids),
+        },
+        other => unreachable!("only requests are queued as Work::Request, not {other:?}"),
+    }
 }
 
 async fn close_with(

@@ -79,6 +79,23 @@ pub struct Wal {
     _lock: DirLock,
 }
 
+/// An append in the commit queue (`Wal::submit`).
+pub struct Submitted {
+    done: oneshot::Receiver<Result<LsnRange>>,
+    shared: Arc<Shared>,
+}
+
+impl Submitted {
+    /// Waits until the append is durable; its LSNs.
+    pub async fn durable(self) -> Result<LsnRange> {
+        match self.done.await {
+            Ok(outcome) => outcome,
+            // The committer went away: a latched failure, or the log closed.
+            Err(_) => Err(self.shared.failed().unwrap_or(WalError::Closed)),
+        }
+    }
+}
+
 impl Wal {
     /// Opens (recovering) or creates the log in `dir` on the real file system.
     pub fn open(dir: impl AsRef<Path>, config: WalConfig) -> Result<Wal> {
@@ -178,12 +195,23 @@ impl Wal {
     /// durable without anyone being told: callers that retry must dedupe (ingest does, by
     /// space and id).
     pub async fn append(&self, entries: Vec<Entry>) -> Result<LsnRange> {
+        self.submit(entries).await?.durable().await
+    }
+
+    /// Queues `entries` for appending, waiting only for room in the commit queue, and
+    /// returns the wait for their durability. Appends get LSNs in the order they are
+    /// submitted, so a caller that submits in order and waits later keeps its order while
+    /// its appends share syncs.
+    pub async fn submit(&self, entries: Vec<Entry>) -> Result<Submitted> {
         let (request, done) = self.request(entries)?;
         self.sender()?
             .send(request)
             .await
             .map_err(|_| self.closed())?;
-        done.await.map_err(|_| self.closed())?
+        Ok(Submitted {
+            done,
+            shared: self.shared.clone(),
+        })
     }
 
     /// `append` for threads outside an async runtime. Panics if called from async code.

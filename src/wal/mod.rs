@@ -34,7 +34,7 @@ pub use format::{
     SEGMENT_HEADER_BYTES,
 };
 pub use lock::DirLock;
-pub use log::{Entry, Wal, WalStats};
+pub use log::{Entry, Submitted, Wal, WalStats};
 pub use lsn::{Lsn, LsnRange, SegmentName};
 pub use reader::{Record, RecordCursor, WalReader};
 pub use recovery::RecoveryReport;

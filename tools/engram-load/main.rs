@@ -58,6 +58,10 @@ struct Args {
     seed: u64,
     #[arg(long, value_enum, default_value = "uniform")]
     distribution: Distribution,
+    /// Worker threads of the sender runtime (target quic). On a machine the server shares,
+    /// fewer threads leave more of the cores to the server.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -316,6 +320,7 @@ fn run_quic(args: &Args) -> anyhow::Result<Report> {
     let ids_out = open_ids_out(args)?;
     let bar = progress_bar(args.count);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
         .enable_all()
         .build()?;
     let started = Instant::now();

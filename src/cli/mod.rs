@@ -1,0 +1,40 @@
+//! The client commands of the `engram` binary (not part of the library): `observe`,
+//! `spaces` and `check`, each one session with a server over QUIC.
+
+pub mod check;
+pub mod observe;
+pub mod spaces;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use engram::client::ClientOptions;
+
+/// Where the server is and how to trust it; shared by every client command.
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    #[arg(long, env = "ENGRAM_ADDR", default_value = "127.0.0.1:7400")]
+    pub addr: std::net::SocketAddr,
+    /// The server's certificate; the server writes its own to DATA_DIR/tls/cert.der.
+    #[arg(
+        long,
+        env = "ENGRAM_CERT",
+        default_value = "./engram-data/tls/cert.der"
+    )]
+    pub cert: PathBuf,
+}
+
+impl ServerArgs {
+    pub fn options(&self, client_name: &str) -> anyhow::Result<ClientOptions> {
+        let cert = std::fs::read(&self.cert)
+            .with_context(|| format!("reading the server certificate {}", self.cert.display()))?;
+        Ok(ClientOptions::new(self.addr, cert, client_name))
+    }
+}
+
+/// A runtime for one command: a client needs no more than one thread.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
