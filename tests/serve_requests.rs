@@ -97,18 +97,33 @@ fn spaces_and_check_commands_report_what_is_stored_also_after_a_restart() {
         .arg(&ids)
         .output()
         .unwrap();
-    assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+    assert!(
+        load.status.success(),
+        "{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
 
     let check_all = |server: &Server| {
         let out = cli(
             server,
             data.path(),
-            &["check", "--space", "loaded", "--json", "--ids", ids.to_str().unwrap()],
+            &[
+                "check",
+                "--space",
+                "loaded",
+                "--json",
+                "--ids",
+                ids.to_str().unwrap(),
+            ],
         );
         assert!(out.status.success(), "every acked id is there");
         let report = json(&out);
         assert_eq!(
-            (report["checked"].as_u64(), report["found"].as_u64(), report["missing"].as_u64()),
+            (
+                report["checked"].as_u64(),
+                report["found"].as_u64(),
+                report["missing"].as_u64()
+            ),
             (Some(2000), Some(2000), Some(0))
         );
     };
@@ -117,7 +132,11 @@ fn spaces_and_check_commands_report_what_is_stored_also_after_a_restart() {
         let space = &listing["spaces"][0];
         assert_eq!(listing["spaces"].as_array().unwrap().len(), 1);
         assert_eq!(
-            (space["space"].as_str(), space["dimension"].as_u64(), space["count"].as_u64()),
+            (
+                space["space"].as_str(),
+                space["dimension"].as_u64(),
+                space["count"].as_u64()
+            ),
             (Some("loaded"), Some(24), Some(2000))
         );
         assert_eq!(listing["durable_lsn"].as_u64(), Some(2000));
@@ -135,7 +154,14 @@ fn spaces_and_check_commands_report_what_is_stored_also_after_a_restart() {
     let out = cli(
         &server,
         data.path(),
-        &["check", "--space", "loaded", "--json", "--ids", with_ghost.to_str().unwrap()],
+        &[
+            "check",
+            "--space",
+            "loaded",
+            "--json",
+            "--ids",
+            with_ghost.to_str().unwrap(),
+        ],
     );
     assert_eq!(out.status.code(), Some(1));
     let report = json(&out);
@@ -144,7 +170,13 @@ fn spaces_and_check_commands_report_what_is_stored_also_after_a_restart() {
     let plain = cli(
         &server,
         data.path(),
-        &["check", "--space", "loaded", "--ids", with_ghost.to_str().unwrap()],
+        &[
+            "check",
+            "--space",
+            "loaded",
+            "--ids",
+            with_ghost.to_str().unwrap(),
+        ],
     );
     assert!(String::from_utf8_lossy(&plain.stdout).contains("missing ghost-1"));
 
@@ -156,6 +188,9 @@ fn spaces_and_check_commands_report_what_is_stored_also_after_a_restart() {
     spaces(&server);
     let table = cli(&server, data.path(), &["spaces"]);
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(table.contains("loaded") && table.contains("2000"), "{table}");
+    assert!(
+        table.contains("loaded") && table.contains("2000"),
+        "{table}"
+    );
     assert!(server.terminate().success());
 }

@@ -3,7 +3,7 @@
 
 mod stream;
 
-pub use stream::{Backoff, ObservationStream};
+pub use stream::{Backoff, ObservationStream, PENDING_OBSERVATIONS_MAX};
 
 use std::net::SocketAddr;
 

@@ -161,6 +161,11 @@ impl Engine {
 }
 
 /// A batch whose new observations are in the commit queue (`Engine::submit`).
+///
+/// Call `outcome` to the end even if nobody waits for it any more: the append will be
+/// durable, and only `outcome` commits its dedupe claims. Dropped early, the claims are
+/// released and a resend of the same (space, id) could be stored a second time.
+#[must_use = "the claims are committed only by outcome()"]
 pub struct SubmittedBatch {
     engine: Arc<Engine>,
     outcomes: Vec<Option<Handled>>,

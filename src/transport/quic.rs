@@ -14,9 +14,7 @@ use super::framed::{write_frames, FrameReader, StreamError};
 use super::protocol::{
     ErrorCode, Frame, LoadState, ObserveFrame, SpaceEntry, PROTOCOL_VERSION, RESUME_TOKEN_BYTES,
 };
-use crate::ingest::{
-    Engine, EngineError, Handled, LoadPermit, Overloaded, ServerLoad, SubmittedBatch,
-};
+use crate::ingest::{Engine, EngineError, Handled, LoadPermit, Overloaded, ServerLoad};
 
 /// Observe frames read into one batch at most: one log append.
 const BATCH_OBSERVATIONS_MAX: usize = 1024;
@@ -137,7 +135,10 @@ pub enum SessionError {
 
 /// A batch in the log's commit queue, or already decided.
 enum BatchOutcome {
-    Submitted(SubmittedBatch),
+    /// A task that waits for the sync. It runs to the end even if the session is gone:
+    /// the append is in the log's queue and will be durable, so its dedupe claims must be
+    /// committed, never released (a release would let a resend store it twice).
+    Submitted(tokio::task::JoinHandle<Result<Vec<Handled>, EngineError>>),
     Done(Result<Vec<Handled>, EngineError>),
 }
 
@@ -349,7 +350,8 @@ async fn read_observations(
             Some(Some(request @ (Frame::ListSpaces { .. } | Frame::CheckIds { .. }))) => {
                 // Answered by the acknowledger in turn: after every observation sent
                 // before it is acknowledged, so a session reads its own writes.
-                if work.send(Work::Request(request)).await.is_err() {
+                let queued = work.send(Work::Request(request)).await;
+                if queued.is_err() {
                     return Ok(());
                 }
             }
@@ -385,7 +387,11 @@ async fn dispatch(
         // Submitted here, in the reader, so that the session's batches reach the log in
         // the order they were sent; the acknowledger waits for their syncs.
         Ok(queued) => match engine.submit(batch).await {
-            Ok(submitted) => (BatchOutcome::Submitted(submitted), Some(queued), None),
+            Ok(submitted) => (
+                BatchOutcome::Submitted(tokio::spawn(submitted.outcome())),
+                Some(queued),
+                None,
+            ),
             Err(e) => (BatchOutcome::Done(Err(e)), Some(queued), None),
         },
         Err(overloaded) => {
@@ -489,7 +495,7 @@ async fn acknowledge(
                 overloaded,
             } => {
                 let outcome = match outcome {
-                    BatchOutcome::Submitted(submitted) => submitted.outcome().await,
+                    BatchOutcome::Submitted(task) => task.await.expect("ingest does not panic"),
                     BatchOutcome::Done(outcome) => outcome,
                 };
                 let outcomes = match outcome {

@@ -2,7 +2,8 @@
 //! (seed, space, id), so any checker can recompute what was sent.
 //!
 //! Target `quic` (the default) streams to a server; target `wal` appends straight to a
-//! local log (the durable core, without the network).
+//! local log (the durable core, without the network); target `raw-quic` streams the same
+//! message size over quinn alone (the transport's ceiling, raw.rs).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, IsTerminal, Write};
@@ -17,6 +18,8 @@ use engram::synthetic::{self, Distribution};
 use engram::wal::{wal_dir, Entry, Preallocation, RecordKind, Wal, WalConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+
+mod raw;
 
 #[derive(Parser)]
 #[command(
@@ -58,7 +61,7 @@ struct Args {
     seed: u64,
     #[arg(long, value_enum, default_value = "uniform")]
     distribution: Distribution,
-    /// Worker threads of the sender runtime (target quic). On a machine the server shares,
+    /// Worker threads of the sender runtime (targets quic and raw-quic). On a machine the server shares,
     /// fewer threads leave more of the cores to the server.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -92,6 +95,8 @@ enum PreallocationArg {
 enum Target {
     Quic,
     Wal,
+    /// quinn alone, in process, with the same message size: the transport's ceiling.
+    RawQuic,
 }
 
 #[derive(Serialize)]
@@ -122,6 +127,7 @@ fn main() -> anyhow::Result<()> {
     let report = match args.target {
         Target::Wal => run_wal(&args)?,
         Target::Quic => run_quic(&args)?,
+        Target::RawQuic => raw::run(&args)?,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The serve benchmark of docs/performance.md, in one run: a release server on a fresh data
+# directory, engram-load over QUIC at full speed and at a fixed rate, and the raw-quinn
+# ceiling with the same message size, all on this machine's shared cores.
+#
+#   scripts/bench-serve.sh [COUNT] [RATE] [DIM]
+#
+# Prints one JSON line per case, prefixed with its name.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+count=${1:-300000}
+rate=${2:-50000}
+dim=${3:-384}
+cargo build --release --bin engram --bin engram-load >&2
+dir=$(mktemp -d)
+trap 'kill "$server" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+target/release/engram serve --data-dir "$dir/data" --quic-addr 127.0.0.1:0 \
+  --http-addr 127.0.0.1:0 2>"$dir/server.log" &
+server=$!
+for _ in $(seq 200); do
+  grep -q "engram is up" "$dir/server.log" 2>/dev/null && break
+  sleep 0.05
+done
+addr=$(grep -o 'quic_addr=[0-9.:]*' "$dir/server.log" | head -1 | cut -d= -f2)
+[ -n "$addr" ] || { cat "$dir/server.log" >&2; exit 1; }
+load() {
+  local name=$1; shift
+  printf '%s ' "$name"
+  target/release/engram-load --json --dim "$dim" --count "$count" "$@"
+}
+quic=(--target quic --addr "$addr" --cert "$dir/data/tls/cert.der")
+raw=(--target raw-quic --data-dir "$dir/raw")
+load "engram 1 conn, max rate" "${quic[@]}" --connections 1 --space c1
+load "engram 4 conns, max rate" "${quic[@]}" --connections 4 --space c4
+load "engram 1 conn, $rate/s" "${quic[@]}" --connections 1 --rate "$rate" --space r1
+load "engram 4 conns, $rate/s" "${quic[@]}" --connections 4 --rate "$rate" --space r4
+load "raw quinn 1 conn, max rate" "${raw[@]}" --connections 1
+load "raw quinn 4 conns, max rate" "${raw[@]}" --connections 4
+load "raw quinn 1 conn, $rate/s" "${raw[@]}" --connections 1 --rate "$rate"
+load "raw quinn 4 conns, $rate/s" "${raw[@]}" --connections 4 --rate "$rate"
