@@ -213,6 +213,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => ServerIdentity::from_files(cert, key)?,
         _ => ServerIdentity::load_or_generate(&args.data_dir)?,
     };
+    let quic_secret = engram::transport::endpoint::QuicSecret::load_or_generate(&args.data_dir)?;
     let limits = IngestLimits {
         inflight_bytes_max: args.inflight_bytes_max,
         queue_bytes_max: args.queue_bytes_max,
@@ -247,7 +248,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..Default::default()
         };
         let endpoint = tuning
-            .server(args.quic_addr, identity.quic_server_config()?)
+            .server(
+                args.quic_addr,
+                identity.quic_server_config()?,
+                Some(&quic_secret),
+            )
             .with_context(|| format!("binding QUIC to {}", args.quic_addr))?;
         let report = engine.wal().recovery_report();
         tracing::info!(

@@ -470,7 +470,7 @@ async fn follow(
                 done = true;
             }
             Err(e) => {
-                p.ended = Some(e.to_string());
+                p.ended = Some(with_causes(&e));
                 done = true;
             }
         });
@@ -478,4 +478,19 @@ async fn follow(
             return;
         }
     }
+}
+
+/// An error and its causes, outermost first ("reading the stream: connection lost: reset
+/// by peer"): why a session ended matters to whoever reads the log.
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::{ClientError, ClientOptions, Rejected, Session};
+use super::{with_causes, ClientError, ClientOptions, Rejected, Session};
 use crate::observation::Observation;
 use crate::transport::protocol::{ErrorCode, LoadState, RejectCode, RESUME_TOKEN_BYTES};
 
@@ -69,6 +69,8 @@ pub struct ObservationStream {
     pub peak_load: LoadState,
     /// Connections made, the first included.
     pub connects: u32,
+    /// Why the last lost session ended, as the client saw it.
+    pub last_disconnect: Option<String>,
 }
 
 impl ObservationStream {
@@ -90,6 +92,7 @@ impl ObservationStream {
             overload_retries: 0,
             peak_load: LoadState::Normal,
             connects: 0,
+            last_disconnect: None,
         };
         stream.reconnect().await?;
         Ok(stream)
@@ -113,7 +116,10 @@ impl ObservationStream {
                     self.pending.push_back((seq, obs));
                     return Ok(());
                 }
-                Err(ClientError::Stream(_)) => self.reconnect().await?,
+                Err(ClientError::Stream(e)) => {
+                    self.last_disconnect = Some(with_causes(&e));
+                    self.reconnect().await?
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -241,6 +247,9 @@ impl ObservationStream {
             // What the old session had acknowledged before it was lost still counts.
             let progress = old.progress();
             self.settle(progress.acked_seq, &progress.rejected);
+            if progress.ended.is_some() {
+                self.last_disconnect = progress.ended.clone();
+            }
             old.abort();
         }
         let mut failures = 0;

@@ -8,9 +8,10 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::wal::Lsn;
 
@@ -18,8 +19,57 @@ const SHARDS: usize = 16;
 
 enum Slot {
     Durable(Lsn),
-    /// Claimed by a batch being appended; the receiver wakes when the batch is decided.
-    Pending(watch::Receiver<()>),
+    /// The `n`-th key claimed by a batch. Its LSN is the batch's first plus `n` once the
+    /// batch is durable: committing a batch is one store, not one map update per key.
+    Claimed(Arc<BatchClaim>, u32),
+}
+
+/// What the keys of one batch share.
+#[derive(Default)]
+struct BatchClaim {
+    /// The LSN of the first claimed key, once the batch is durable.
+    first_lsn: OnceLock<Lsn>,
+    /// Set when the batch is durable or released; waiters are woken after.
+    decided: AtomicBool,
+    woken: Notify,
+}
+
+impl BatchClaim {
+    fn decide(&self) {
+        self.decided.store(true, Ordering::Release);
+        self.woken.notify_waiters();
+    }
+
+    async fn wait_decided(&self) {
+        loop {
+            let woken = self.woken.notified();
+            tokio::pin!(woken);
+            // Registered before the check, so a decision between the two is not missed.
+            woken.as_mut().enable();
+            if self.decided.load(Ordering::Acquire) {
+                return;
+            }
+            woken.await;
+        }
+    }
+}
+
+/// Where a slot stands now.
+enum SlotState {
+    Durable(Lsn),
+    Pending(Arc<BatchClaim>),
+}
+
+impl Slot {
+    fn state(&self) -> SlotState {
+        match self {
+            Slot::Durable(lsn) => SlotState::Durable(*lsn),
+            Slot::Claimed(batch, n) => match batch.first_lsn.get() {
+                Some(first) => SlotState::Durable(Lsn(first.0 + u64::from(*n))),
+                None => SlotState::Pending(batch.clone()),
+            },
+        }
+    }
 }
 
 /// Keys are already uniform keyed hashes: the map uses their low half as its hash instead
@@ -65,14 +115,14 @@ pub enum Reservation {
 pub struct Claims {
     index: Arc<DedupeIndex>,
     keys: Vec<u128>,
-    decided: watch::Sender<()>,
+    batch: Arc<BatchClaim>,
     committed: bool,
 }
 
 pub struct InFlight {
     index: Arc<DedupeIndex>,
     key: u128,
-    decided: watch::Receiver<()>,
+    batch: Arc<BatchClaim>,
 }
 
 impl Default for DedupeIndex {
@@ -107,7 +157,7 @@ impl DedupeIndex {
         Claims {
             index: self.clone(),
             keys: Vec::new(),
-            decided: watch::channel(()).0,
+            batch: Arc::new(BatchClaim::default()),
             committed: false,
         }
     }
@@ -120,15 +170,16 @@ impl DedupeIndex {
         );
         let key = self.key(space, id);
         let mut shard = self.shard(key);
-        match shard.get(&key) {
-            Some(Slot::Durable(lsn)) => Reservation::Durable(*lsn),
-            Some(Slot::Pending(decided)) => Reservation::InFlight(InFlight {
+        match shard.get(&key).map(Slot::state) {
+            Some(SlotState::Durable(lsn)) => Reservation::Durable(lsn),
+            Some(SlotState::Pending(batch)) => Reservation::InFlight(InFlight {
                 index: self.clone(),
                 key,
-                decided: decided.clone(),
+                batch,
             }),
             None => {
-                shard.insert(key, Slot::Pending(claims.decided.subscribe()));
+                let n = u32::try_from(claims.keys.len()).expect("a batch claims under 2^32 keys");
+                shard.insert(key, Slot::Claimed(claims.batch.clone(), n));
                 claims.keys.push(key);
                 Reservation::New
             }
@@ -164,9 +215,9 @@ impl DedupeIndex {
     }
 
     fn durable_lsn(&self, key: u128) -> Option<Lsn> {
-        match self.shard(key).get(&key) {
-            Some(Slot::Durable(lsn)) => Some(*lsn),
-            Some(Slot::Pending(_)) | None => None,
+        match self.shard(key).get(&key).map(Slot::state) {
+            Some(SlotState::Durable(lsn)) => Some(lsn),
+            Some(SlotState::Pending(_)) | None => None,
         }
     }
 }
@@ -180,14 +231,13 @@ impl Claims {
         self.keys.is_empty()
     }
 
-    /// The claimed observations are durable, at `lsns` in claim order.
-    pub fn commit(mut self, lsns: impl Iterator<Item = Lsn>) {
-        let mut committed = 0;
-        for (&key, lsn) in self.keys.iter().zip(lsns) {
-            self.index.shard(key).insert(key, Slot::Durable(lsn));
-            committed += 1;
-        }
-        assert_eq!(committed, self.keys.len(), "an LSN for every claim");
+    /// The claimed observations are durable, in claim order from `first`: they were
+    /// appended together, so the `n`-th is at `first + n`.
+    pub fn commit(mut self, first: Lsn) {
+        self.batch
+            .first_lsn
+            .set(first)
+            .expect("a batch is committed once");
         self.committed = true;
     }
 }
@@ -199,16 +249,16 @@ impl Drop for Claims {
                 self.index.shard(*key).remove(key);
             }
         }
-        // Waiters wake when `decided` drops, after this: the slots are settled by then.
+        // After the slots are settled: a woken waiter looks its key up again.
+        self.batch.decide();
     }
 }
 
 impl InFlight {
     /// Waits for the other batch: `Some(lsn)` once it is durable, `None` if its append
     /// failed (then reserve again).
-    pub async fn outcome(mut self) -> Option<Lsn> {
-        // Nothing is ever sent: the channel closes when the claims are decided.
-        while self.decided.changed().await.is_ok() {}
+    pub async fn outcome(self) -> Option<Lsn> {
+        self.batch.wait_decided().await;
         self.index.durable_lsn(self.key)
     }
 }
@@ -225,7 +275,7 @@ mod tests {
             index.reserve("s", "a", &mut claims),
             Reservation::New
         ));
-        claims.commit([Lsn(5)].into_iter());
+        claims.commit(Lsn(5));
         let mut claims = index.claims();
         assert!(matches!(
             index.reserve("s", "a", &mut claims),
@@ -255,7 +305,7 @@ mod tests {
             index.reserve("ab", "c", &mut claims),
             Reservation::New
         ));
-        claims.commit([Lsn(7), Lsn(8), Lsn(9)].into_iter());
+        claims.commit(Lsn(7));
         let mut claims = index.claims();
         assert!(matches!(
             index.reserve("a", "bc", &mut claims),
@@ -280,7 +330,7 @@ mod tests {
                         match index.reserve("s", "same", &mut claims) {
                             Reservation::New => {
                                 tokio::task::yield_now().await;
-                                claims.commit([Lsn(77)].into_iter());
+                                claims.commit(Lsn(77));
                                 return (true, Lsn(77));
                             }
                             Reservation::Durable(lsn) => return (false, lsn),

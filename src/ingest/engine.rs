@@ -196,7 +196,12 @@ impl SubmittedBatch {
                     for (&i, lsn) in claimed.iter().zip(range.iter()) {
                         outcomes[i] = Some(Handled::Stored { lsn });
                     }
-                    claims.commit(range.iter());
+                    assert_eq!(
+                        range.last.0 + 1 - range.first.0,
+                        claims.len() as u64,
+                        "one record per claimed observation"
+                    );
+                    claims.commit(range.first);
                     let mut next = range.first.0;
                     for (space, n) in &claimed_spaces {
                         next += n;

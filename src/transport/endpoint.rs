@@ -10,6 +10,7 @@
 //! few lost probes, never correctness.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +24,70 @@ pub const SOCKET_BUFFER_BYTES_DEFAULT: usize = 4 << 20;
 /// The largest UDP payload QUIC allows.
 pub const UDP_PAYLOAD_MAX_LIMIT: u16 = 65527;
 
+/// Where the server keeps its QUIC secret, under DATA_DIR.
+pub const QUIC_SECRET_FILE: &str = "quic-secret.key";
+const RESET_KEY_BYTES: usize = 64;
+const CID_KEY_BYTES: usize = 8;
+
+/// What a server needs to recognise its own connections across a restart: the key its
+/// connection IDs are signed with, and the key its stateless-reset tokens derive from.
+///
+/// A restarted server with fresh keys drops packets of the connections it had as invalid
+/// (quinn checks the CID signature before answering), so its clients only notice after
+/// their idle timeout. With the same keys it answers them with a stateless reset, which
+/// the client verifies against the token it got at the handshake: the connection ends at
+/// once, and the client reconnects and resumes.
+pub struct QuicSecret {
+    reset_key: [u8; RESET_KEY_BYTES],
+    cid_key: u64,
+}
+
+impl QuicSecret {
+    /// Loads DATA_DIR/tls/quic-secret.key, or makes one (mode 0600) on first start.
+    pub fn load_or_generate(data_dir: &Path) -> Result<QuicSecret, EndpointError> {
+        let path = data_dir.join(super::tls::TLS_DIR).join(QUIC_SECRET_FILE);
+        let secret_err = |reason: String| EndpointError::Secret {
+            path: path.clone(),
+            reason,
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                if bytes.len() != RESET_KEY_BYTES + CID_KEY_BYTES {
+                    return Err(secret_err(format!(
+                        "{} bytes, expected {}: remove it to make a new one",
+                        bytes.len(),
+                        RESET_KEY_BYTES + CID_KEY_BYTES
+                    )));
+                }
+                let (reset, cid) = bytes.split_at(RESET_KEY_BYTES);
+                Ok(QuicSecret {
+                    reset_key: reset.try_into().expect("split at the key length"),
+                    cid_key: u64::from_le_bytes(cid.try_into().expect("8 bytes")),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let secret = QuicSecret {
+                    reset_key: rand::random(),
+                    cid_key: rand::random(),
+                };
+                let mut bytes = secret.reset_key.to_vec();
+                bytes.extend_from_slice(&secret.cid_key.to_le_bytes());
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| secret_err(e.to_string()))?;
+                }
+                super::tls::write_durably(&path, &bytes, super::tls::SECRET_MODE)
+                    .map_err(|e| secret_err(e.to_string()))?;
+                Ok(secret)
+            }
+            Err(e) => Err(secret_err(e.to_string())),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
+    #[error("QUIC secret {path}: {reason}")]
+    Secret { path: PathBuf, reason: String },
     #[error("binding UDP {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -63,13 +126,27 @@ impl Default for QuicTuning {
 }
 
 impl QuicTuning {
-    fn endpoint_config(&self) -> Result<quinn::EndpointConfig, EndpointError> {
+    fn endpoint_config(
+        &self,
+        secret: Option<&QuicSecret>,
+    ) -> Result<quinn::EndpointConfig, EndpointError> {
         if !(1200..=UDP_PAYLOAD_MAX_LIMIT).contains(&self.udp_payload_max) {
             return Err(EndpointError::PayloadBound {
                 got: self.udp_payload_max,
             });
         }
-        let mut config = quinn::EndpointConfig::default();
+        let mut config = match secret {
+            None => quinn::EndpointConfig::default(),
+            Some(secret) => {
+                let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret.reset_key);
+                let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+                let cid_key = secret.cid_key;
+                config.cid_generator(move || {
+                    Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+                });
+                config
+            }
+        };
         config
             .max_udp_payload_size(self.udp_payload_max)
             .map_err(|_| EndpointError::PayloadBound {
@@ -105,11 +182,12 @@ impl QuicTuning {
         &self,
         addr: SocketAddr,
         server: Option<quinn::ServerConfig>,
+        secret: Option<&QuicSecret>,
     ) -> Result<quinn::Endpoint, EndpointError> {
         let bind_err = |source| EndpointError::Bind { addr, source };
         let socket = self.udp_socket(addr).map_err(bind_err)?;
         quinn::Endpoint::new(
-            self.endpoint_config()?,
+            self.endpoint_config(secret)?,
             server,
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -145,14 +223,16 @@ impl QuicTuning {
         Ok(socket.into())
     }
 
-    /// A server endpoint on `addr`, serving `config` with this tuning.
+    /// A server endpoint on `addr`, serving `config` with this tuning. With `secret`,
+    /// connections from before a restart are reset at once (see `QuicSecret`).
     pub fn server(
         &self,
         addr: SocketAddr,
         mut config: quinn::ServerConfig,
+        secret: Option<&QuicSecret>,
     ) -> Result<quinn::Endpoint, EndpointError> {
         config.transport_config(Arc::new(self.transport_config(None)?));
-        self.bind(addr, Some(config))
+        self.bind(addr, Some(config), secret)
     }
 
     /// A client endpoint on an ephemeral port of the family that reaches `server`.
@@ -164,6 +244,6 @@ impl QuicTuning {
         }
         .parse()
         .expect("valid");
-        self.bind(any, None)
+        self.bind(any, None, None)
     }
 }

@@ -101,8 +101,8 @@ impl ServerIdentity {
                 source,
             })?;
             // Key first: a certificate without its key must never be left behind.
-            write_durably(&key, &generated.signing_key.serialize_der())?;
-            write_durably(&cert, generated.cert.der())?;
+            write_durably(&key, &generated.signing_key.serialize_der(), SECRET_MODE)?;
+            write_durably(&cert, generated.cert.der(), PUBLIC_MODE)?;
             let identity = ServerIdentity::from_files(&cert, &key)?;
             tracing::info!(cert = %cert.display(), sha256 = %identity.fingerprint(), "generated a self-signed TLS certificate");
             return Ok(identity);
@@ -158,13 +158,26 @@ pub fn fingerprint(cert: &[u8]) -> String {
 }
 
 /// Temp file, fsync, rename, directory fsync.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+/// Secrets are readable by the server's user only.
+pub(crate) const SECRET_MODE: u32 = 0o600;
+pub(crate) const PUBLIC_MODE: u32 = 0o644;
+
+/// Writes `bytes` to `path` whole or not at all: a synced temp file renamed into place,
+/// then the directory synced.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let err = |source| TlsError::Write {
         path: path.to_owned(),
         source,
     };
     let temp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temp).map_err(err)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&temp)
+        .map_err(err)?;
     file.write_all(bytes).map_err(err)?;
     file.sync_all().map_err(err)?;
     std::fs::rename(&temp, path).map_err(err)?;

@@ -54,6 +54,14 @@ async fn sigkill_mid_stream_loses_nothing_acknowledged_and_duplicates_nothing() 
         stream.connects >= 2,
         "the stream reconnected to the restarted server"
     );
+    // The restarted server knows its old connection IDs and reset keys (DATA_DIR/tls/
+    // quic-secret.key), so it resets the old connection at once instead of leaving the
+    // client to its idle timeout.
+    let why = stream.last_disconnect.clone().unwrap_or_default();
+    assert!(
+        why.contains("reset by peer"),
+        "the old connection ended by: {why}"
+    );
     stream.close().await.unwrap();
     assert!(server.terminate().success());
 

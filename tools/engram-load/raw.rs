@@ -46,6 +46,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         let server = tuning.server(
             "127.0.0.1:0".parse().expect("valid"),
             identity.quic_server_config()?,
+            None,
         )?;
         let addr = server.local_addr()?;
         let message_len = message.len();
