@@ -53,13 +53,22 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<()> {
         let mut stream =
             engram::client::ObservationStream::connect(options, Default::default()).await?;
         let mut sent = 0u64;
+        // A bad line stops the input, not the session: what was sent before it is still
+        // acknowledged and the session closed cleanly, then the error is reported.
+        let mut bad_input = None;
         for (n, line) in input.lines().enumerate() {
-            let line = line?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let parsed: ObservationLine = serde_json::from_str(&line)
-                .with_context(|| format!("line {} of {}", n + 1, args.file.display()))?;
+            let parsed = line
+                .map_err(anyhow::Error::from)
+                .and_then(|line| parse_line(&line))
+                .with_context(|| format!("line {} of {}", n + 1, args.file.display()));
+            let parsed = match parsed {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => continue,
+                Err(e) => {
+                    bad_input = Some(e);
+                    break;
+                }
+            };
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_nanos() as i64;
@@ -78,6 +87,12 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<()> {
         stream.flush().await?;
         let (acked, rejected) = (stream.take_acked(), stream.take_rejected());
         stream.close().await?;
+        if let Some(e) = bad_input {
+            return Err(e.context(format!(
+                "stopped there; the {} observations before it were acknowledged",
+                acked.len()
+            )));
+        }
         anyhow::Ok((sent, acked.len(), rejected))
     })?;
     for (obs, why) in &rejected {
@@ -105,4 +120,12 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// One line of input; `None` for a blank line.
+fn parse_line(line: &str) -> anyhow::Result<Option<ObservationLine>> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(serde_json::from_str(line)?))
 }

@@ -102,6 +102,8 @@ pub struct Progress {
     pub error: Option<(u16, String)>,
 }
 
+/// How long `goodbye` waits for the connection close to be sent.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Answers read and not yet taken, at most; a client has one request out at a time.
 const ANSWERS_QUEUED_MAX: usize = 4;
 /// Ids per CheckIds frame sent: 1024 of the longest ids fit well inside 1 MiB.
@@ -123,6 +125,8 @@ pub struct Session {
     /// Taken when awaited: once the writer has stopped.
     writer: Option<tokio::task::JoinHandle<Result<quinn::SendStream, StreamError>>>,
     progress: watch::Receiver<Progress>,
+    /// Shared with the task that reads the server's frames; taking refusals writes too.
+    progress_tx: std::sync::Arc<watch::Sender<Progress>>,
     next_seq: u64,
     pub session_id: u64,
     pub resume_token: [u8; RESUME_TOKEN_BYTES],
@@ -184,7 +188,8 @@ impl Session {
             ..Progress::default()
         });
         let (answers, responses) = mpsc::channel(ANSWERS_QUEUED_MAX);
-        tokio::spawn(follow(reader, tx, answers));
+        let tx = std::sync::Arc::new(tx);
+        tokio::spawn(follow(reader, tx.clone(), answers));
         let (outbox, queued) = mpsc::channel(OUTBOX_FRAMES_MAX);
         let writer = Some(tokio::spawn(write_out(send, queued)));
         Ok(Session {
@@ -195,6 +200,7 @@ impl Session {
             responses,
             next_request_id: 1,
             progress,
+            progress_tx: tx,
             next_seq: last_acked_seq + 1,
             session_id,
             resume_token,
@@ -324,13 +330,21 @@ impl Session {
         self.progress.borrow().clone()
     }
 
-    /// The last acked seq and the refusals after the first `seen`, without copying the rest.
-    pub fn acked_since(&self, seen: usize) -> (u64, Vec<Rejected>) {
-        let progress = self.progress.borrow();
-        (
-            progress.acked_seq,
-            progress.rejected.get(seen..).unwrap_or_default().to_vec(),
-        )
+    /// The last acked seq, and the refusals up to it, taken out of the progress. A
+    /// session keeps every refusal until it is taken, so a long-lived caller takes them
+    /// (ObservationStream does after every send) to keep its memory bounded.
+    pub fn take_settled(&self) -> (u64, Vec<Rejected>) {
+        let mut settled = (0, Vec::new());
+        self.progress_tx.send_if_modified(|p| {
+            let acked = p.acked_seq;
+            // Refusals of a batch come before its Ack: keep those not yet covered.
+            let (done, later): (Vec<_>, Vec<_>) =
+                p.rejected.drain(..).partition(|r| r.seq <= acked);
+            p.rejected = later;
+            settled = (acked, done);
+            false
+        });
+        settled
     }
 
     /// Waits until every observation up to `seq` is acknowledged.
@@ -378,6 +392,10 @@ impl Session {
             .map(|p| p.clone())
             .unwrap_or_default();
         self.connection.close(0u32.into(), b"goodbye");
+        // Let the close reach the server before a short-lived process exits; otherwise the
+        // server holds the connection until its idle timeout, and a graceful shutdown
+        // waits for it.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self._endpoint.wait_idle()).await;
         Ok(progress)
     }
 }
@@ -407,7 +425,7 @@ async fn write_out(
 /// requests go to `answers`.
 async fn follow(
     mut reader: FrameReader,
-    progress: watch::Sender<Progress>,
+    progress: std::sync::Arc<watch::Sender<Progress>>,
     answers: mpsc::Sender<Frame>,
 ) {
     loop {

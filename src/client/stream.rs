@@ -59,7 +59,6 @@ pub struct ObservationStream {
     pending: VecDeque<(u64, Observation)>,
     acked: Vec<Observation>,
     rejected: Vec<(Observation, Rejected)>,
-    rejects_seen: usize,
     /// Refused as Overloaded: resent once `retry_at` has passed.
     retry: VecDeque<Observation>,
     retry_at: Option<tokio::time::Instant>,
@@ -86,7 +85,6 @@ impl ObservationStream {
             pending: VecDeque::new(),
             acked: Vec::new(),
             rejected: Vec::new(),
-            rejects_seen: 0,
             retry: VecDeque::new(),
             retry_at: None,
             overload_retries: 0,
@@ -160,12 +158,12 @@ impl ObservationStream {
     }
 
     /// Takes in whatever the server acknowledged so far, without waiting.
-    /// Runs after every send in a load loop, so it copies only refusals not seen yet.
+    /// Runs after every send in a load loop, so it takes only refusals not taken yet.
     pub fn poll_acked(&mut self) {
         if let Some(session) = &self.session {
             self.peak_load = self.peak_load.max(session.peak_load());
-            let (acked_seq, new_rejects) = session.acked_since(self.rejects_seen);
-            self.settle_new(acked_seq, &new_rejects);
+            let (acked_seq, rejects) = session.take_settled();
+            self.settle(acked_seq, &rejects);
         }
     }
 
@@ -202,7 +200,8 @@ impl ObservationStream {
         match session.wait_acked(seq).await {
             Ok(progress) => {
                 self.peak_load = self.peak_load.max(progress.peak_load);
-                self.settle(progress.acked_seq, &progress.rejected);
+                let (acked_seq, rejects) = session.take_settled();
+                self.settle(acked_seq, &rejects);
                 Ok(())
             }
             Err(ClientError::Ended { .. }) | Err(ClientError::Stream(_)) => self.reconnect().await,
@@ -210,16 +209,10 @@ impl ObservationStream {
         }
     }
 
-    /// Moves everything up to `acked_seq` out of `pending`: rejected ones to `rejected`.
-    /// `rejected` is the session's whole list of refusals so far.
-    fn settle(&mut self, acked_seq: u64, rejected: &[Rejected]) {
-        let unseen = &rejected[self.rejects_seen.min(rejected.len())..];
-        self.settle_new(acked_seq, unseen);
-    }
-
-    /// `settle`, given only the refusals not seen before.
-    fn settle_new(&mut self, acked_seq: u64, new_rejects: &[Rejected]) {
-        self.rejects_seen += new_rejects.len();
+    /// Moves everything up to `acked_seq` out of `pending`: rejected ones (named in
+    /// `new_rejects`, the session's refusals taken since the last call) to `rejected`,
+    /// Overloaded ones to the retry queue.
+    fn settle(&mut self, acked_seq: u64, new_rejects: &[Rejected]) {
         while self
             .pending
             .front()
@@ -245,8 +238,9 @@ impl ObservationStream {
     async fn reconnect(&mut self) -> Result<(), ClientError> {
         if let Some(old) = self.session.take() {
             // What the old session had acknowledged before it was lost still counts.
+            let (acked_seq, rejects) = old.take_settled();
+            self.settle(acked_seq, &rejects);
             let progress = old.progress();
-            self.settle(progress.acked_seq, &progress.rejected);
             if progress.ended.is_some() {
                 self.last_disconnect = progress.ended.clone();
             }
@@ -257,7 +251,6 @@ impl ObservationStream {
             match Session::connect(&self.options, self.token).await {
                 Ok(mut session) => {
                     self.connects += 1;
-                    self.rejects_seen = 0;
                     if self.token == Some(session.resume_token) {
                         // Resumed: seqs are still this session's; drop what it acknowledged.
                         self.settle(session.progress().acked_seq, &[]);
@@ -281,14 +274,14 @@ impl ObservationStream {
                         self.session = Some(session);
                         return Ok(());
                     }
-                    let progress = session.progress();
-                    self.settle(progress.acked_seq, &progress.rejected);
+                    let (acked_seq, rejects) = session.take_settled();
+                    self.settle(acked_seq, &rejects);
                     session.abort();
                     failures += 1;
                     if failures >= self.backoff.attempts_max {
                         return Err(ClientError::Ended {
                             seq: 0,
-                            acked: progress.acked_seq,
+                            acked: acked_seq,
                         });
                     }
                 }

@@ -21,6 +21,12 @@ use serde::Serialize;
 
 mod raw;
 
+/// glibc's allocator showed as a tenth of the QUIC path's CPU (malloc, free, consolidation
+/// across threads); mimalloc's thread-local pages cost less for many small short-lived
+/// allocations. docs/performance.md has the figures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "engram-load",
