@@ -1,6 +1,7 @@
 //! The Rust client: `Session` is one engram/1 session over QUIC; `ObservationStream`
 //! keeps streaming across lost connections and server restarts (stream.rs).
 
+mod outbox;
 mod stream;
 
 pub use stream::{Backoff, ObservationStream, PENDING_OBSERVATIONS_MAX};
@@ -16,6 +17,7 @@ use crate::transport::protocol::{
     Frame, Limits, LoadState, SpaceEntry, PROTOCOL_VERSION, RESUME_TOKEN_BYTES,
 };
 use crate::transport::tls::{quic_client_config, TlsError};
+use outbox::Outbox;
 
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -108,17 +110,12 @@ const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 const ANSWERS_QUEUED_MAX: usize = 4;
 /// Ids per CheckIds frame sent: 1024 of the longest ids fit well inside 1 MiB.
 const CHECK_IDS_PER_REQUEST: usize = 1024;
-/// Encoded frames queued for the writer task, at most.
-const OUTBOX_FRAMES_MAX: usize = 256;
-/// Bytes the writer hands to QUIC in one write, about: a write per frame costs a lock and a
-/// wake-up of the connection driver each, which showed in profiles.
-const WRITE_BATCH_BYTES: usize = 256 << 10;
 
 pub struct Session {
     _endpoint: quinn::Endpoint,
     connection: quinn::Connection,
     /// Frames to send, written by `writer` in batches of whatever has queued up.
-    outbox: mpsc::Sender<Vec<u8>>,
+    outbox: Outbox,
     /// Answers to ListSpaces and CheckIds, in request order.
     responses: mpsc::Receiver<Frame>,
     next_request_id: u64,
@@ -190,8 +187,8 @@ impl Session {
         let (answers, responses) = mpsc::channel(ANSWERS_QUEUED_MAX);
         let tx = std::sync::Arc::new(tx);
         tokio::spawn(follow(reader, tx.clone(), answers));
-        let (outbox, queued) = mpsc::channel(OUTBOX_FRAMES_MAX);
-        let writer = Some(tokio::spawn(write_out(send, queued)));
+        let (outbox, write_out) = Outbox::new(send);
+        let writer = Some(tokio::spawn(write_out));
         Ok(Session {
             _endpoint: endpoint,
             connection,
@@ -211,16 +208,15 @@ impl Session {
     /// Sends one observation; returns its seq. Acknowledgement comes later (`wait_acked`).
     pub async fn send(&mut self, obs: &Observation) -> Result<u64, ClientError> {
         let seq = self.next_seq;
-        let mut bytes = Vec::new();
-        Frame::encode_observation(seq, obs, &mut bytes);
-        self.queue(bytes).await?;
+        self.queue(|out| Frame::encode_observation(seq, obs, out))
+            .await?;
         self.next_seq += 1;
         Ok(seq)
     }
 
     /// Hands an encoded frame to the writer; its error if it has stopped.
-    async fn queue(&mut self, bytes: Vec<u8>) -> Result<(), ClientError> {
-        if self.outbox.send(bytes).await.is_ok() {
+    async fn queue(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), ClientError> {
+        if self.outbox.push(encode).await.is_ok() {
             return Ok(());
         }
         // The writer stops only on a write error; wait for it to say which.
@@ -284,9 +280,8 @@ impl Session {
     async fn request(&mut self, frame: impl FnOnce(u64) -> Frame) -> Result<u64, ClientError> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        let mut bytes = Vec::new();
-        frame(request_id).encode(&mut bytes);
-        self.queue(bytes).await?;
+        let frame = frame(request_id);
+        self.queue(|out| frame.encode(out)).await?;
         Ok(request_id)
     }
 
@@ -375,12 +370,10 @@ impl Session {
     /// Says goodbye after the last sent observation and waits for the server's goodbye.
     pub async fn goodbye(mut self) -> Result<Progress, ClientError> {
         let last_seq = self.next_seq - 1;
-        let mut bytes = Vec::new();
-        Frame::ClientGoodbye { last_seq }.encode(&mut bytes);
-        self.queue(bytes).await?;
-        let Session { outbox, writer, .. } = &mut self;
-        drop(std::mem::replace(outbox, mpsc::channel(1).0));
-        if let Some(writer) = writer.take() {
+        self.queue(|out| Frame::ClientGoodbye { last_seq }.encode(out))
+            .await?;
+        self.outbox.close();
+        if let Some(writer) = self.writer.take() {
             if let Ok(Ok(mut send)) = writer.await {
                 let _ = send.finish();
             }
@@ -398,27 +391,6 @@ impl Session {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self._endpoint.wait_idle()).await;
         Ok(progress)
     }
-}
-
-/// Writes queued frames, each write carrying everything queued by then. Returns the
-/// stream once the outbox is closed, so that the session can finish it.
-async fn write_out(
-    mut send: quinn::SendStream,
-    mut queued: mpsc::Receiver<Vec<u8>>,
-) -> Result<quinn::SendStream, StreamError> {
-    let mut batch = Vec::new();
-    while let Some(first) = queued.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < WRITE_BATCH_BYTES {
-            match queued.try_recv() {
-                Ok(frame) => batch.extend_from_slice(&frame),
-                Err(_) => break,
-            }
-        }
-        send.write_all(&batch).await?;
-    }
-    Ok(send)
 }
 
 /// Applies the server's frames to the progress until the stream ends; answers to
