@@ -4,30 +4,15 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::server::Server;
+use common::stored;
 use engram::client::{Backoff, ObservationStream, Session};
 use engram::observation::Observation;
 use engram::synthetic::{observation, Distribution};
 use engram::transport::protocol::{LoadState, RejectCode};
-use engram::wal::{wal_dir, Lsn, Wal, WalConfig};
 
 fn obs(space: &str, n: u64) -> Observation {
     observation(9, space, "id-", n, 32, Distribution::Uniform)
-}
-
-fn stored(data_dir: &std::path::Path) -> HashMap<(String, String), u32> {
-    let wal = Wal::open(wal_dir(data_dir), WalConfig::default()).unwrap();
-    let mut cursor = wal.reader().cursor(Lsn(1));
-    let mut counts = HashMap::new();
-    while let Some(record) = cursor.read_next().unwrap() {
-        let o = Observation::view(record.payload()).unwrap();
-        *counts
-            .entry((o.space.as_str().to_owned(), o.id.as_str().to_owned()))
-            .or_insert(0) += 1;
-    }
-    counts
 }
 
 /// About 30 of these observations fill the queue; each commit waits 20 ms for company.

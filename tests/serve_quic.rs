@@ -2,32 +2,16 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::server::Server;
+use common::stored;
 use engram::client::Session;
 use engram::observation::Observation;
 use engram::synthetic::{observation, Distribution};
-use engram::wal::{wal_dir, Lsn, Wal, WalConfig};
 
 const DIM: usize = 32;
 
 fn obs(space: &str, n: u64) -> Observation {
     observation(5, space, "id-", n, DIM, Distribution::Uniform)
-}
-
-/// (space, id) -> how many times it is in the log.
-fn stored(data_dir: &std::path::Path) -> HashMap<(String, String), u32> {
-    let wal = Wal::open(wal_dir(data_dir), WalConfig::default()).unwrap();
-    let mut cursor = wal.reader().cursor(Lsn(1));
-    let mut counts = HashMap::new();
-    while let Some(record) = cursor.read_next().unwrap() {
-        let o = Observation::view(record.payload()).unwrap();
-        *counts
-            .entry((o.space.as_str().to_owned(), o.id.as_str().to_owned()))
-            .or_insert(0) += 1;
-    }
-    counts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

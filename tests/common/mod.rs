@@ -72,3 +72,20 @@ pub fn observation_entry(space: &str, n: u32, dim: usize) -> Entry {
         payload: observation(space, n, dim).to_payload(),
     }
 }
+
+/// (space, id) -> how many times the log in `data_dir` holds it: what exactly-once tests
+/// check after the server has stopped.
+pub fn stored(data_dir: &Path) -> std::collections::HashMap<(String, String), u32> {
+    use engram::observation::Observation;
+    use engram::wal::{wal_dir, Wal};
+    let wal = Wal::open(wal_dir(data_dir), WalConfig::default()).unwrap();
+    let mut cursor = wal.reader().cursor(Lsn(1));
+    let mut counts = std::collections::HashMap::new();
+    while let Some(record) = cursor.read_next().unwrap() {
+        let o = Observation::view(record.payload()).unwrap();
+        *counts
+            .entry((o.space.as_str().to_owned(), o.id.as_str().to_owned()))
+            .or_insert(0) += 1;
+    }
+    counts
+}
