@@ -1,0 +1,371 @@
+//! Encoding and decoding frames: the byte layout of every frame, as docs/protocol.md gives
+//! it.
+
+use super::wire::{set_frame_length, Reader, Writer};
+use super::{
+    Frame, FrameType, Limits, LoadState, ObserveFrame, ProtocolError, SpaceEntry, CHECK_IDS_MAX,
+    FRAME_HEADER_BYTES,
+};
+
+impl Frame {
+    pub fn frame_type(&self) -> FrameType {
+        match self {
+            Frame::Hello { .. } => FrameType::Hello,
+            Frame::Observe(_) => FrameType::Observe,
+            Frame::ClientGoodbye { .. } => FrameType::ClientGoodbye,
+            Frame::ListSpaces { .. } => FrameType::ListSpaces,
+            Frame::CheckIds { .. } => FrameType::CheckIds,
+            Frame::Welcome { .. } => FrameType::Welcome,
+            Frame::Ack { .. } => FrameType::Ack,
+            Frame::Reject { .. } => FrameType::Reject,
+            Frame::FlowControl { .. } => FrameType::FlowControl,
+            Frame::ServerGoodbye { .. } => FrameType::ServerGoodbye,
+            Frame::Error { .. } => FrameType::Error,
+            Frame::SpaceList { .. } => FrameType::SpaceList,
+            Frame::CheckResult { .. } => FrameType::CheckResult,
+        }
+    }
+
+    /// Appends the encoded frame to `out`. Strings longer than their length field allows
+    /// are a caller bug (validation bounds them first) and panic.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0u8; 4]);
+        out.push(self.frame_type() as u8);
+        let mut w = Writer(out);
+        match self {
+            Frame::Hello {
+                version,
+                client_name,
+                resume_token,
+            } => {
+                w.u16(*version);
+                w.str8(client_name);
+                match resume_token {
+                    Some(token) => {
+                        w.u8(1);
+                        w.bytes(token);
+                    }
+                    None => w.u8(0),
+                }
+            }
+            Frame::Observe(o) => w.observe(
+                o.seq,
+                &o.space,
+                &o.id,
+                o.when_unix_ns,
+                o.confidence,
+                &o.what,
+                &o.embedding,
+            ),
+            Frame::ClientGoodbye { last_seq } => w.u64(*last_seq),
+            Frame::ListSpaces { request_id } => w.u64(*request_id),
+            Frame::CheckIds {
+                request_id,
+                space,
+                ids,
+            } => {
+                w.u64(*request_id);
+                w.str8(space);
+                w.u32(u32::try_from(ids.len()).expect("id count fits u32"));
+                for id in ids {
+                    w.str16(id);
+                }
+            }
+            Frame::SpaceList {
+                request_id,
+                durable_lsn,
+                spaces,
+            } => {
+                w.u64(*request_id);
+                w.u64(*durable_lsn);
+                w.u32(u32::try_from(spaces.len()).expect("space count fits u32"));
+                for space in spaces {
+                    w.str8(&space.name);
+                    w.u32(space.dim);
+                    w.u64(space.observations);
+                    w.u64(space.last_lsn);
+                }
+            }
+            Frame::CheckResult { request_id, found } => {
+                w.u64(*request_id);
+                w.u32(u32::try_from(found.len()).expect("id count fits u32"));
+                let mut bits = vec![0u8; found.len().div_ceil(8)];
+                for (i, _) in found.iter().enumerate().filter(|(_, f)| **f) {
+                    bits[i / 8] |= 1 << (i % 8);
+                }
+                w.bytes(&bits);
+            }
+            Frame::Welcome {
+                session_id,
+                resume_token,
+                last_acked_seq,
+                limits,
+            } => {
+                w.u64(*session_id);
+                w.bytes(resume_token);
+                w.u64(*last_acked_seq);
+                w.u32(limits.frame_bytes_max);
+                w.u8(limits.space_name_bytes_max);
+                w.u16(limits.id_bytes_max);
+                w.u32(limits.what_bytes_max);
+                w.u32(limits.embedding_dim_max);
+                w.u32(limits.inflight_bytes_max);
+            }
+            Frame::Ack { seq, lsn } => {
+                w.u64(*seq);
+                w.u64(*lsn);
+            }
+            Frame::Reject {
+                seq,
+                code,
+                field,
+                expected,
+                got,
+            } => {
+                w.u64(*seq);
+                w.u16(*code);
+                w.str8(field);
+                w.str16(expected);
+                w.str16(got);
+            }
+            Frame::FlowControl {
+                credits,
+                state,
+                retry_after_ms,
+            } => {
+                w.u32(*credits);
+                w.u8(*state as u8);
+                w.u32(*retry_after_ms);
+            }
+            Frame::ServerGoodbye { last_acked_seq } => w.u64(*last_acked_seq),
+            Frame::Error { code, message } => {
+                w.u16(*code);
+                w.str16(message);
+            }
+        }
+        set_frame_length(out, start);
+    }
+
+    /// Appends the Observe frame that carries `obs` as the `seq`-th observation: the same
+    /// bytes as encoding `Frame::Observe(ObserveFrame::new(seq, obs))`, without copying
+    /// the observation into a frame first (clients send every observation this way).
+    pub fn encode_observation(seq: u64, obs: &crate::observation::Observation, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.reserve(
+            FRAME_HEADER_BYTES
+                + 64
+                + obs.space.len()
+                + obs.id.len()
+                + obs.what.len()
+                + 4 * obs.embedding.len(),
+        );
+        out.extend_from_slice(&[0u8; 4]);
+        out.push(FrameType::Observe as u8);
+        Writer(out).observe(
+            seq,
+            &obs.space,
+            &obs.id,
+            obs.when_unix_ns,
+            obs.confidence,
+            &obs.what,
+            &obs.embedding,
+        );
+        set_frame_length(out, start);
+    }
+
+    /// Decodes one frame from the start of `buf`: `Ok(Some((frame, bytes used)))`, `Ok(None)`
+    /// if `buf` holds only part of a frame, or the error that makes the bytes invalid.
+    pub fn decode(
+        buf: &[u8],
+        frame_bytes_max: u32,
+    ) -> Result<Option<(Frame, usize)>, ProtocolError> {
+        let Some(length) = buf.get(..4) else {
+            return Ok(None);
+        };
+        let length = u32::from_le_bytes(length.try_into().expect("4 bytes"));
+        if length == 0 || length > frame_bytes_max {
+            return Err(ProtocolError::FrameLength {
+                length,
+                max: frame_bytes_max,
+            });
+        }
+        let total = 4 + length as usize;
+        let Some(frame) = buf.get(4..total) else {
+            return Ok(None);
+        };
+        let code = frame[0];
+        let kind = FrameType::from_u8(code).ok_or(ProtocolError::UnknownType { code })?;
+        let mut r = Reader {
+            frame: kind,
+            rest: &frame[1..],
+        };
+        let decoded = decode_body(kind, &mut r)?;
+        if !r.rest.is_empty() {
+            return Err(ProtocolError::TrailingBytes {
+                frame: kind,
+                extra: r.rest.len(),
+            });
+        }
+        Ok(Some((decoded, total)))
+    }
+}
+
+fn decode_body(kind: FrameType, r: &mut Reader<'_>) -> Result<Frame, ProtocolError> {
+    Ok(match kind {
+        FrameType::Hello => {
+            let version = r.u16("version")?;
+            let client_name = r.str8("client_name")?;
+            let resume_token = match r.u8("has_resume_token")? {
+                0 => None,
+                1 => Some(r.array("resume_token")?),
+                other => {
+                    return Err(ProtocolError::InvalidValue {
+                        field: "has_resume_token",
+                        value: other.into(),
+                    })
+                }
+            };
+            Frame::Hello {
+                version,
+                client_name,
+                resume_token,
+            }
+        }
+        FrameType::Observe => {
+            let seq = r.u64("seq")?;
+            let space = r.str8("space")?;
+            let id = r.str16("id")?;
+            let when_unix_ns = r.u64("when_unix_ns")? as i64;
+            let confidence = r.f32("confidence")?;
+            let what = r.str32("what")?;
+            let dim = r.u32("dim")? as usize;
+            // The frame length bounds the dimension: check before allocating.
+            if r.rest.len() != dim.saturating_mul(4) {
+                return Err(if r.rest.len() < dim.saturating_mul(4) {
+                    ProtocolError::Truncated {
+                        frame: kind,
+                        field: "embedding",
+                    }
+                } else {
+                    ProtocolError::TrailingBytes {
+                        frame: kind,
+                        extra: r.rest.len() - dim * 4,
+                    }
+                });
+            }
+            let embedding = r.f32s(dim, "embedding")?;
+            Frame::Observe(ObserveFrame {
+                seq,
+                space,
+                id,
+                when_unix_ns,
+                confidence,
+                what,
+                embedding,
+            })
+        }
+        FrameType::ClientGoodbye => Frame::ClientGoodbye {
+            last_seq: r.u64("last_seq")?,
+        },
+        FrameType::Welcome => Frame::Welcome {
+            session_id: r.u64("session_id")?,
+            resume_token: r.array("resume_token")?,
+            last_acked_seq: r.u64("last_acked_seq")?,
+            limits: Limits {
+                frame_bytes_max: r.u32("frame_bytes_max")?,
+                space_name_bytes_max: r.u8("space_name_bytes_max")?,
+                id_bytes_max: r.u16("id_bytes_max")?,
+                what_bytes_max: r.u32("what_bytes_max")?,
+                embedding_dim_max: r.u32("embedding_dim_max")?,
+                inflight_bytes_max: r.u32("inflight_bytes_max")?,
+            },
+        },
+        FrameType::Ack => Frame::Ack {
+            seq: r.u64("seq")?,
+            lsn: r.u64("lsn")?,
+        },
+        FrameType::Reject => Frame::Reject {
+            seq: r.u64("seq")?,
+            code: r.u16("code")?,
+            field: r.str8("field")?,
+            expected: r.str16("expected")?,
+            got: r.str16("got")?,
+        },
+        FrameType::FlowControl => {
+            let credits = r.u32("credits")?;
+            let raw = r.u8("state")?;
+            let state = LoadState::from_u8(raw).ok_or(ProtocolError::InvalidValue {
+                field: "state",
+                value: raw.into(),
+            })?;
+            Frame::FlowControl {
+                credits,
+                state,
+                retry_after_ms: r.u32("retry_after_ms")?,
+            }
+        }
+        FrameType::ServerGoodbye => Frame::ServerGoodbye {
+            last_acked_seq: r.u64("last_acked_seq")?,
+        },
+        FrameType::Error => Frame::Error {
+            code: r.u16("code")?,
+            message: r.str16("message")?,
+        },
+        FrameType::ListSpaces => Frame::ListSpaces {
+            request_id: r.u64("request_id")?,
+        },
+        FrameType::CheckIds => {
+            let request_id = r.u64("request_id")?;
+            let space = r.str8("space")?;
+            let count = r.u32("count")?;
+            if count > CHECK_IDS_MAX {
+                return Err(ProtocolError::InvalidValue {
+                    field: "count",
+                    value: count.into(),
+                });
+            }
+            // Each id takes at least its 2-byte length: `count` is checked against the
+            // bytes left before anything is allocated for it.
+            r.expect_at_least(count as usize * 2, "ids")?;
+            let ids = (0..count)
+                .map(|_| r.str16("ids"))
+                .collect::<Result<_, _>>()?;
+            Frame::CheckIds {
+                request_id,
+                space,
+                ids,
+            }
+        }
+        FrameType::SpaceList => {
+            let request_id = r.u64("request_id")?;
+            let durable_lsn = r.u64("durable_lsn")?;
+            let count = r.u32("count")? as usize;
+            r.expect_at_least(count.saturating_mul(1 + 4 + 8 + 8), "spaces")?;
+            let spaces = (0..count)
+                .map(|_| {
+                    Ok(SpaceEntry {
+                        name: r.str8("name")?,
+                        dim: r.u32("dim")?,
+                        observations: r.u64("observations")?,
+                        last_lsn: r.u64("last_lsn")?,
+                    })
+                })
+                .collect::<Result<_, ProtocolError>>()?;
+            Frame::SpaceList {
+                request_id,
+                durable_lsn,
+                spaces,
+            }
+        }
+        FrameType::CheckResult => {
+            let request_id = r.u64("request_id")?;
+            let count = r.u32("count")? as usize;
+            let bits = r.take(count.div_ceil(8), "found")?;
+            let found = (0..count)
+                .map(|i| bits[i / 8] & (1 << (i % 8)) != 0)
+                .collect();
+            Frame::CheckResult { request_id, found }
+        }
+    })
+}

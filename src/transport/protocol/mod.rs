@@ -1,0 +1,293 @@
+//! The engram/1 wire protocol: length-prefixed binary frames, little-endian.
+//! docs/protocol.md specifies every field and gives hex examples that tests check.
+//!
+//! ```text
+//! frame := length:u32 | type:u8 | body        length = 1 + body bytes, at most frame_bytes_max
+//! str8  := len:u8  | utf-8 bytes              str16 := len:u16 | bytes     str32 := len:u32 | bytes
+//! ```
+//!
+//! The decoder has three outcomes: a frame, `Ok(None)` when more bytes are needed, or a
+//! typed `ProtocolError`. It checks a length against its limit before allocating for it.
+
+use std::fmt;
+
+mod codec;
+mod wire;
+
+/// Negotiated in QUIC with ALPN.
+pub const ALPN: &[u8] = b"engram/1";
+pub const PROTOCOL_VERSION: u16 = 1;
+pub const FRAME_HEADER_BYTES: usize = 5;
+/// The default limit on a frame's length field; servers may lower it (advertised in Welcome).
+pub const FRAME_BYTES_MAX_DEFAULT: u32 = 1 << 20;
+pub const RESUME_TOKEN_BYTES: usize = 16;
+
+/// Frame type codes: client to server below 0x40, server to client from 0x40.
+/// 0x10..0x1F and 0x50..0x5F are kept for recall (issue 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameType {
+    Hello = 0x01,
+    Observe = 0x02,
+    ClientGoodbye = 0x03,
+    ListSpaces = 0x04,
+    CheckIds = 0x05,
+    Welcome = 0x41,
+    Ack = 0x42,
+    Reject = 0x43,
+    FlowControl = 0x44,
+    ServerGoodbye = 0x45,
+    Error = 0x46,
+    SpaceList = 0x47,
+    CheckResult = 0x48,
+}
+
+impl FrameType {
+    pub fn from_u8(code: u8) -> Option<FrameType> {
+        Some(match code {
+            0x01 => FrameType::Hello,
+            0x02 => FrameType::Observe,
+            0x03 => FrameType::ClientGoodbye,
+            0x04 => FrameType::ListSpaces,
+            0x05 => FrameType::CheckIds,
+            0x41 => FrameType::Welcome,
+            0x42 => FrameType::Ack,
+            0x43 => FrameType::Reject,
+            0x44 => FrameType::FlowControl,
+            0x45 => FrameType::ServerGoodbye,
+            0x46 => FrameType::Error,
+            0x47 => FrameType::SpaceList,
+            0x48 => FrameType::CheckResult,
+            _ => return None,
+        })
+    }
+}
+
+/// The limits a server announces in Welcome; every one is also enforced by the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub frame_bytes_max: u32,
+    pub space_name_bytes_max: u8,
+    pub id_bytes_max: u16,
+    pub what_bytes_max: u32,
+    pub embedding_dim_max: u32,
+    /// Bytes of Observe frames a session may have sent but not yet had acknowledged.
+    pub inflight_bytes_max: u32,
+}
+
+/// Load as the server sees it; sent in FlowControl.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum LoadState {
+    #[default]
+    Normal = 0,
+    Warning = 1,
+    Critical = 2,
+    Overloaded = 3,
+}
+
+impl LoadState {
+    fn from_u8(v: u8) -> Option<LoadState> {
+        Some(match v {
+            0 => LoadState::Normal,
+            1 => LoadState::Warning,
+            2 => LoadState::Critical,
+            3 => LoadState::Overloaded,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObserveFrame {
+    pub seq: u64,
+    pub space: String,
+    pub id: String,
+    pub when_unix_ns: i64,
+    pub confidence: f32,
+    pub what: String,
+    pub embedding: Vec<f32>,
+}
+
+impl ObserveFrame {
+    /// The frame that carries `obs` as the session's `seq`-th observation.
+    pub fn new(seq: u64, obs: &crate::observation::Observation) -> ObserveFrame {
+        ObserveFrame {
+            seq,
+            space: obs.space.clone(),
+            id: obs.id.clone(),
+            when_unix_ns: obs.when_unix_ns,
+            confidence: obs.confidence,
+            what: obs.what.clone(),
+            embedding: obs.embedding.clone(),
+        }
+    }
+
+    /// Bytes this frame takes on the wire, header included: what it costs in credits.
+    pub fn encoded_len(&self) -> usize {
+        FRAME_HEADER_BYTES
+            + 8
+            + 1
+            + self.space.len()
+            + 2
+            + self.id.len()
+            + 8
+            + 4
+            + 4
+            + self.what.len()
+            + 4
+            + 4 * self.embedding.len()
+    }
+
+    /// The observation this frame carries, as the log stores it.
+    pub fn into_observation(self) -> crate::observation::Observation {
+        crate::observation::Observation {
+            space: self.space,
+            id: self.id,
+            when_unix_ns: self.when_unix_ns,
+            confidence: self.confidence,
+            what: self.what,
+            embedding: self.embedding,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Frame {
+    Hello {
+        version: u16,
+        client_name: String,
+        resume_token: Option<[u8; RESUME_TOKEN_BYTES]>,
+    },
+    Observe(ObserveFrame),
+    /// The client will send nothing after `last_seq`.
+    ClientGoodbye {
+        last_seq: u64,
+    },
+    /// Asks for every space; answered in order with the session's acks (SpaceList).
+    ListSpaces {
+        request_id: u64,
+    },
+    /// Asks which of `ids` are stored durably in `space` (CheckResult). At most
+    /// `CHECK_IDS_MAX` ids.
+    CheckIds {
+        request_id: u64,
+        space: String,
+        ids: Vec<String>,
+    },
+    Welcome {
+        session_id: u64,
+        resume_token: [u8; RESUME_TOKEN_BYTES],
+        last_acked_seq: u64,
+        limits: Limits,
+    },
+    /// Cumulative: every observation up to `seq` is durable; `lsn` is the log position of `seq`.
+    Ack {
+        seq: u64,
+        lsn: u64,
+    },
+    /// One observation was refused; the session goes on.
+    Reject {
+        seq: u64,
+        code: u16,
+        field: String,
+        expected: String,
+        got: String,
+    },
+    FlowControl {
+        credits: u32,
+        state: LoadState,
+        retry_after_ms: u32,
+    },
+    ServerGoodbye {
+        last_acked_seq: u64,
+    },
+    /// The session cannot go on (wrong version, malformed frame); the server closes it.
+    Error {
+        code: u16,
+        message: String,
+    },
+    SpaceList {
+        request_id: u64,
+        /// The log's durable LSN when the list was made.
+        durable_lsn: u64,
+        spaces: Vec<SpaceEntry>,
+    },
+    /// `found[i]`: whether the request's `ids[i]` is stored durably.
+    CheckResult {
+        request_id: u64,
+        found: Vec<bool>,
+    },
+}
+
+/// One space in a SpaceList.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpaceEntry {
+    pub name: String,
+    pub dim: u32,
+    pub observations: u64,
+    /// The log position of its newest stored observation; 0 if none.
+    pub last_lsn: u64,
+}
+
+/// The most ids one CheckIds frame may carry.
+pub const CHECK_IDS_MAX: u32 = 4096;
+
+/// Why bytes are not a valid frame.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("frame length {length} is outside 1..={max}")]
+    FrameLength { length: u32, max: u32 },
+    #[error("unknown frame type {code:#04x}")]
+    UnknownType { code: u8 },
+    #[error("{frame:?} frame ends inside field {field}")]
+    Truncated {
+        frame: FrameType,
+        field: &'static str,
+    },
+    #[error("{frame:?} frame has {extra} bytes after its last field")]
+    TrailingBytes { frame: FrameType, extra: usize },
+    #[error("field {field} is not valid UTF-8")]
+    InvalidUtf8 { field: &'static str },
+    #[error("field {field} has invalid value {value}")]
+    InvalidValue { field: &'static str, value: u64 },
+}
+
+impl fmt::Display for FrameType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Why one observation was refused (Reject.code). The session goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum RejectCode {
+    InvalidSpace = 1,
+    InvalidId = 2,
+    DimensionMismatch = 3,
+    NonFiniteEmbedding = 4,
+    WhatTooLong = 5,
+    ConfidenceOutOfRange = 6,
+    DimensionTooLarge = 7,
+    /// Retryable: resend after `retry_after_ms` of the latest FlowControl.
+    Overloaded = 8,
+    /// Retryable: the server's disk is full.
+    StorageFull = 9,
+    EmptyEmbedding = 10,
+    /// A new space beyond the server's `spaces_max`.
+    TooManySpaces = 11,
+}
+
+/// Why the session ends (Error.code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    UnsupportedVersion = 1,
+    MalformedFrame = 2,
+    UnexpectedFrame = 3,
+    UnknownResumeToken = 4,
+    ShuttingDown = 5,
+    /// The log failed (a sync error): nothing more is acknowledged until a restart.
+    StorageFailed = 6,
+}
