@@ -1,0 +1,246 @@
+//! The sending half of a session: acks, rejects, load changes and answers, in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::session::{BatchOutcome, SessionError, Work};
+use super::{SessionTable, Token};
+use crate::ingest::{Engine, Handled, ServerLoad};
+use crate::transport::framed::write_frames;
+use crate::transport::protocol::{ErrorCode, Frame, LoadState, SpaceEntry};
+
+/// The sending half of a session.
+pub(super) struct Acknowledger {
+    send: quinn::SendStream,
+    sessions: Arc<SessionTable>,
+    token: Token,
+    last_acked: u64,
+    credits: Arc<Semaphore>,
+    /// The server-wide load state; the client hears of every change.
+    load: watch::Receiver<LoadState>,
+    engine: Arc<Engine>,
+}
+
+impl Acknowledger {
+    /// The sending half of the session `token`, which the client knows acked up to
+    /// `last_acked`; `credits` are the session's, shown in FlowControl.
+    pub(super) fn new(
+        send: quinn::SendStream,
+        sessions: Arc<SessionTable>,
+        token: Token,
+        last_acked: u64,
+        credits: Arc<Semaphore>,
+        engine: Arc<Engine>,
+    ) -> Acknowledger {
+        Acknowledger {
+            send,
+            sessions,
+            token,
+            last_acked,
+            credits,
+            load: engine.load().subscribe(),
+            engine,
+        }
+    }
+
+    fn flow_control(&self, state: LoadState, retry_after: Option<Duration>) -> Frame {
+        let credits = u32::try_from(self.credits.available_permits()).unwrap_or(u32::MAX);
+        flow_control(self.engine.load(), state, credits, retry_after)
+    }
+}
+
+/// A FlowControl for `state`. Paused (Critical or worse) grants no credits; Overloaded
+/// always carries a retry hint, the server's current one unless `retry_after` is given.
+pub(super) fn flow_control(
+    load: &ServerLoad,
+    state: LoadState,
+    credits: u32,
+    retry_after: Option<Duration>,
+) -> Frame {
+    let retry_after = match (state, retry_after) {
+        (LoadState::Overloaded, None) => Some(load.retry_hint()),
+        (_, given) => given,
+    };
+    Frame::FlowControl {
+        credits: if state >= LoadState::Critical {
+            0
+        } else {
+            credits
+        },
+        state,
+        retry_after_ms: retry_after.map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+    }
+}
+
+/// Waits for each batch in order and answers: a Reject per refused observation, then one
+/// cumulative Ack for the batch. Every observation up to an acked seq is durable or
+/// rejected. Between batches, tells the client when the server's load state changes.
+pub(super) async fn acknowledge(
+    mut ack: Acknowledger,
+    mut work: mpsc::Receiver<Work>,
+) -> Result<(), SessionError> {
+    let mut last_lsn = 0u64;
+    let mut told = *ack.load.borrow_and_update();
+    let mut load_open = true;
+    loop {
+        let item = tokio::select! {
+            biased;
+            item = work.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
+            changed = ack.load.changed(), if load_open => {
+                if changed.is_err() {
+                    load_open = false;
+                    continue;
+                }
+                let state = *ack.load.borrow_and_update();
+                if state != told {
+                    told = state;
+                    let frame = ack.flow_control(state, None);
+                    write_frames(&mut ack.send, &[frame]).await?;
+                }
+                continue;
+            }
+        };
+        match item {
+            Work::Batch {
+                last_seq,
+                seqs,
+                outcome,
+                _credits,
+                _queued,
+                overloaded,
+            } => {
+                let outcome = match outcome {
+                    BatchOutcome::Submitted(task) => task.await.expect("ingest does not panic"),
+                    BatchOutcome::Done(outcome) => outcome,
+                };
+                let outcomes = match outcome {
+                    Ok(outcomes) => outcomes,
+                    Err(e) => {
+                        write_frames(
+                            &mut ack.send,
+                            &[Frame::Error {
+                                code: ErrorCode::StorageFailed as u16,
+                                message: e.to_string(),
+                            }],
+                        )
+                        .await?;
+                        finish_delivered(&mut ack.send).await;
+                        return Err(e.into());
+                    }
+                };
+                let mut frames = Vec::new();
+                if let Some(o) = overloaded {
+                    told = LoadState::Overloaded;
+                    frames.push(ack.flow_control(LoadState::Overloaded, Some(o.retry_after)));
+                }
+                for (seq, handled) in seqs.iter().zip(outcomes) {
+                    match handled {
+                        Handled::Stored { lsn } | Handled::Duplicate { lsn } => {
+                            last_lsn = last_lsn.max(lsn.0)
+                        }
+                        Handled::Rejected(rejection) => frames.push(rejection.to_frame(*seq)),
+                    }
+                }
+                ack.last_acked = ack.last_acked.max(last_seq);
+                frames.push(Frame::Ack {
+                    seq: ack.last_acked,
+                    lsn: last_lsn,
+                });
+                write_frames(&mut ack.send, &frames).await?;
+                ack.sessions.acked(&ack.token, ack.last_acked);
+            }
+            Work::Request(request) => {
+                let answer = answer(&ack.engine, request);
+                write_frames(&mut ack.send, &[answer]).await?;
+            }
+            Work::Goodbye => {
+                write_frames(
+                    &mut ack.send,
+                    &[Frame::ServerGoodbye {
+                        last_acked_seq: ack.last_acked,
+                    }],
+                )
+                .await?;
+                finish_delivered(&mut ack.send).await;
+                return Ok(());
+            }
+            Work::Error(code, message) => {
+                write_frames(
+                    &mut ack.send,
+                    &[Frame::Error {
+                        code: code as u16,
+                        message,
+                    }],
+                )
+                .await?;
+                finish_delivered(&mut ack.send).await;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The answer to a ListSpaces or CheckIds request.
+fn answer(engine: &Engine, request: Frame) -> Frame {
+    match request {
+        Frame::ListSpaces { request_id } => Frame::SpaceList {
+            request_id,
+            durable_lsn: engine.wal().durable_lsn().0,
+            spaces: engine
+                .spaces()
+                .summaries()
+                .into_iter()
+                .map(|s| SpaceEntry {
+                    name: s.name,
+                    dim: s.dim,
+                    observations: s.observations,
+                    last_lsn: s.last_lsn.0,
+                })
+                .collect(),
+        },
+        Frame::CheckIds {
+            request_id,
+            space,
+            ids,
+        } => Frame::CheckResult {
+            request_id,
+            found: engine.contains(&space, &ids),
+        },
+        other => unreachable!("only requests are queued as Work::Request, not {other:?}"),
+    }
+}
+
+pub(super) async fn close_with(
+    send: &mut quinn::SendStream,
+    code: ErrorCode,
+    message: String,
+) -> Result<(), SessionError> {
+    write_frames(
+        send,
+        &[Frame::Error {
+            code: code as u16,
+            message,
+        }],
+    )
+    .await?;
+
+    finish_delivered(send).await;
+    Ok(())
+}
+
+/// How long a closing session waits for its last frames to reach the client.
+const LAST_WORDS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Finishes the stream and waits until the client has acknowledged all of it, so that a
+/// shutdown that closes the connection next does not drop the last Ack or the Goodbye.
+async fn finish_delivered(send: &mut quinn::SendStream) {
+    if send.finish().is_ok() {
+        let _ = tokio::time::timeout(LAST_WORDS_TIMEOUT, send.stopped()).await;
+    }
+}
