@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use engram::observation::Observation;
 use engram::transport::protocol::{
     ErrorCode, Frame, Limits, LoadState, ObserveFrame, ProtocolError, RejectCode, SpaceEntry,
     FRAME_BYTES_MAX_DEFAULT,
@@ -53,12 +54,14 @@ fn expected_frames() -> BTreeMap<&'static str, Frame> {
             "observe",
             Frame::Observe(ObserveFrame {
                 seq: 7,
-                space: "notes".into(),
-                id: "n-1".into(),
-                when_unix_ns: 1_700_000_000_000_000_000,
-                confidence: 0.5,
-                what: "heron".into(),
-                embedding: vec![1.0, -0.5],
+                observation: Observation {
+                    space: "notes".into(),
+                    id: "n-1".into(),
+                    when_unix_ns: 1_700_000_000_000_000_000,
+                    confidence: 0.5,
+                    what: "heron".into(),
+                    embedding: vec![1.0, -0.5],
+                },
             }),
         ),
         ("client_goodbye", Frame::ClientGoodbye { last_seq: 7 }),
@@ -280,12 +283,14 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 |(seq, space, id, when_unix_ns, confidence, what, embedding)| Frame::Observe(
                     ObserveFrame {
                         seq,
-                        space,
-                        id,
-                        when_unix_ns,
-                        confidence,
-                        what,
-                        embedding
+                        observation: Observation {
+                            space,
+                            id,
+                            when_unix_ns,
+                            confidence,
+                            what,
+                            embedding
+                        }
                     }
                 )
             ),
@@ -383,7 +388,7 @@ proptest! {
                 prop_assert_eq!(o.encoded_len(), used, "credits are counted in real bytes");
                 // Clients encode straight from an Observation: the same bytes.
                 let mut direct = Vec::new();
-                Frame::encode_observation(o.seq, &o.clone().into_observation(), &mut direct);
+                Frame::encode_observation(o.seq, &o.observation, &mut direct);
                 prop_assert_eq!(&direct[..], &stream[at..at + used]);
             }
             for cut in 0..used {

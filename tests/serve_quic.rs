@@ -212,16 +212,18 @@ async fn each_bad_input_gets_its_typed_answer_and_the_server_keeps_serving() {
         "oversize frame"
     );
     let mut observe_first = Vec::new();
-    Frame::Observe(engram::transport::protocol::ObserveFrame {
-        seq: 1,
-        space: "v".into(),
-        id: "x".into(),
-        when_unix_ns: 0,
-        confidence: 0.5,
-        what: String::new(),
-        embedding: vec![0.0; DIM],
-    })
-    .encode(&mut observe_first);
+    Frame::encode_observation(
+        1,
+        &Observation {
+            space: "v".into(),
+            id: "x".into(),
+            when_unix_ns: 0,
+            confidence: 0.5,
+            what: String::new(),
+            embedding: vec![0.0; DIM],
+        },
+        &mut observe_first,
+    );
     assert_eq!(
         error_code(&raw_exchange(&server, &observe_first).await),
         ErrorCode::UnexpectedFrame as u16

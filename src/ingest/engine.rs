@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::transport::protocol::{ObserveFrame, RejectCode};
+use crate::observation::Observation;
+use crate::transport::protocol::RejectCode;
 use crate::wal::{wal_dir, Entry, Lsn, RecordKind, Submitted, Wal, WalConfig, WalError};
 
 use super::dedupe::{Claims, DedupeIndex, InFlight, Reservation};
@@ -102,7 +103,7 @@ impl Engine {
     /// take nothing more (a latched failure): the session ends.
     pub async fn ingest(
         self: &Arc<Self>,
-        batch: Vec<ObserveFrame>,
+        batch: Vec<Observation>,
     ) -> Result<Vec<Handled>, EngineError> {
         self.submit(batch).await?.outcome().await
     }
@@ -113,7 +114,7 @@ impl Engine {
     /// while their syncs overlap.
     pub async fn submit(
         self: &Arc<Self>,
-        batch: Vec<ObserveFrame>,
+        batch: Vec<Observation>,
     ) -> Result<SubmittedBatch, EngineError> {
         let mut outcomes: Vec<Option<Handled>> = vec![None; batch.len()];
         let mut claims = self.dedupe.claims();
@@ -138,7 +139,7 @@ impl Engine {
                     }
                     entries.push(Entry {
                         kind: RecordKind::Observation,
-                        payload: obs.into_observation().to_payload(),
+                        payload: obs.to_payload(),
                     });
                 }
             }
@@ -175,7 +176,7 @@ pub struct SubmittedBatch {
     claimed_spaces: Vec<(String, u64)>,
     append: Option<Submitted>,
     /// Observations another batch is storing right now.
-    waits: Vec<(usize, ObserveFrame, InFlight)>,
+    waits: Vec<(usize, Observation, InFlight)>,
 }
 
 impl SubmittedBatch {

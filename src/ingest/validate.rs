@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-use crate::transport::protocol::{Frame, ObserveFrame, RejectCode};
+use crate::observation::Observation;
+use crate::transport::protocol::{Frame, RejectCode};
 
 use super::limits::{IngestLimits, ID_BYTES_MAX, SPACE_NAME_BYTES_MAX};
 use super::spaces::{DimensionClaim, SpaceRegistry};
@@ -75,7 +76,7 @@ fn is_space_name(name: &str) -> bool {
 /// Validates `obs`; on success its space has the embedding's dimension (claimed now if the
 /// space is new). Nothing is stored here.
 pub fn validate(
-    obs: &ObserveFrame,
+    obs: &Observation,
     limits: &IngestLimits,
     spaces: &SpaceRegistry,
 ) -> Result<(), Rejection> {
@@ -158,9 +159,8 @@ pub fn validate(
 mod tests {
     use super::*;
 
-    fn obs() -> ObserveFrame {
-        ObserveFrame {
-            seq: 1,
+    fn obs() -> Observation {
+        Observation {
             space: "notes".into(),
             id: "a".into(),
             when_unix_ns: 0,
@@ -170,7 +170,7 @@ mod tests {
         }
     }
 
-    fn check(edit: impl FnOnce(&mut ObserveFrame)) -> Result<(), Rejection> {
+    fn check(edit: impl FnOnce(&mut Observation)) -> Result<(), Rejection> {
         let mut o = obs();
         edit(&mut o);
         let spaces = SpaceRegistry::default();
@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named_with_what_was_expected_and_got() {
-        type Edit = Box<dyn FnOnce(&mut ObserveFrame)>;
+        type Edit = Box<dyn FnOnce(&mut Observation)>;
         let cases: Vec<(Edit, RejectCode, &str, &str)> = vec![
             (
                 Box::new(|o| o.space = "bad name!".into()),

@@ -1,6 +1,8 @@
 //! Encoding and decoding frames: the byte layout of every frame, as docs/protocol.md gives
 //! it.
 
+use crate::observation::Observation;
+
 use super::wire::{set_frame_length, Reader, Writer};
 use super::{
     Frame, FrameType, Limits, LoadState, ObserveFrame, ProtocolError, SpaceEntry, CHECK_IDS_MAX,
@@ -49,15 +51,7 @@ impl Frame {
                     None => w.u8(0),
                 }
             }
-            Frame::Observe(o) => w.observe(
-                o.seq,
-                &o.space,
-                &o.id,
-                o.when_unix_ns,
-                o.confidence,
-                &o.what,
-                &o.embedding,
-            ),
+            Frame::Observe(o) => w.observe(o.seq, &o.observation),
             Frame::ClientGoodbye { last_seq } => w.u64(*last_seq),
             Frame::ListSpaces { request_id } => w.u64(*request_id),
             Frame::CheckIds {
@@ -148,9 +142,9 @@ impl Frame {
     }
 
     /// Appends the Observe frame that carries `obs` as the `seq`-th observation: the same
-    /// bytes as encoding `Frame::Observe(ObserveFrame::new(seq, obs))`, without copying
-    /// the observation into a frame first (clients send every observation this way).
-    pub fn encode_observation(seq: u64, obs: &crate::observation::Observation, out: &mut Vec<u8>) {
+    /// bytes as encoding `Frame::Observe`, without moving the observation into a frame
+    /// first (clients keep each one until it is acknowledged).
+    pub fn encode_observation(seq: u64, obs: &Observation, out: &mut Vec<u8>) {
         let start = out.len();
         out.reserve(
             FRAME_HEADER_BYTES
@@ -162,15 +156,7 @@ impl Frame {
         );
         out.extend_from_slice(&[0u8; 4]);
         out.push(FrameType::Observe as u8);
-        Writer(out).observe(
-            seq,
-            &obs.space,
-            &obs.id,
-            obs.when_unix_ns,
-            obs.confidence,
-            &obs.what,
-            &obs.embedding,
-        );
+        Writer(out).observe(seq, obs);
         set_frame_length(out, start);
     }
 
@@ -257,12 +243,14 @@ fn decode_body(kind: FrameType, r: &mut Reader<'_>) -> Result<Frame, ProtocolErr
             let embedding = r.f32s(dim, "embedding")?;
             Frame::Observe(ObserveFrame {
                 seq,
-                space,
-                id,
-                when_unix_ns,
-                confidence,
-                what,
-                embedding,
+                observation: Observation {
+                    space,
+                    id,
+                    when_unix_ns,
+                    confidence,
+                    what,
+                    embedding,
+                },
             })
         }
         FrameType::ClientGoodbye => Frame::ClientGoodbye {

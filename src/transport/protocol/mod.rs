@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use crate::observation::Observation;
+
 mod codec;
 mod wire;
 
@@ -98,57 +100,29 @@ impl LoadState {
     }
 }
 
+/// An Observe frame: the session's `seq`-th observation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObserveFrame {
     pub seq: u64,
-    pub space: String,
-    pub id: String,
-    pub when_unix_ns: i64,
-    pub confidence: f32,
-    pub what: String,
-    pub embedding: Vec<f32>,
+    pub observation: Observation,
 }
 
 impl ObserveFrame {
-    /// The frame that carries `obs` as the session's `seq`-th observation.
-    pub fn new(seq: u64, obs: &crate::observation::Observation) -> ObserveFrame {
-        ObserveFrame {
-            seq,
-            space: obs.space.clone(),
-            id: obs.id.clone(),
-            when_unix_ns: obs.when_unix_ns,
-            confidence: obs.confidence,
-            what: obs.what.clone(),
-            embedding: obs.embedding.clone(),
-        }
-    }
-
     /// Bytes this frame takes on the wire, header included: what it costs in credits.
     pub fn encoded_len(&self) -> usize {
+        let o = &self.observation;
         FRAME_HEADER_BYTES
             + 8
             + 1
-            + self.space.len()
+            + o.space.len()
             + 2
-            + self.id.len()
+            + o.id.len()
             + 8
             + 4
             + 4
-            + self.what.len()
+            + o.what.len()
             + 4
-            + 4 * self.embedding.len()
-    }
-
-    /// The observation this frame carries, as the log stores it.
-    pub fn into_observation(self) -> crate::observation::Observation {
-        crate::observation::Observation {
-            space: self.space,
-            id: self.id,
-            when_unix_ns: self.when_unix_ns,
-            confidence: self.confidence,
-            what: self.what,
-            embedding: self.embedding,
-        }
+            + 4 * o.embedding.len()
     }
 }
 

@@ -39,25 +39,15 @@ impl Writer<'_> {
         }
     }
     /// An Observe frame's fields, in wire order (docs/protocol.md).
-    #[allow(clippy::too_many_arguments)] // one per wire field; a struct would be a copy
-    pub(super) fn observe(
-        &mut self,
-        seq: u64,
-        space: &str,
-        id: &str,
-        when_unix_ns: i64,
-        confidence: f32,
-        what: &str,
-        embedding: &[f32],
-    ) {
+    pub(super) fn observe(&mut self, seq: u64, o: &crate::observation::Observation) {
         self.u64(seq);
-        self.str8(space);
-        self.str16(id);
-        self.u64(when_unix_ns as u64);
-        self.f32(confidence);
-        self.str32(what);
-        self.u32(u32::try_from(embedding.len()).expect("dimension fits u32"));
-        self.f32s(embedding);
+        self.str8(&o.space);
+        self.str16(&o.id);
+        self.u64(o.when_unix_ns as u64);
+        self.f32(o.confidence);
+        self.str32(&o.what);
+        self.u32(u32::try_from(o.embedding.len()).expect("dimension fits u32"));
+        self.f32s(&o.embedding);
     }
     pub(super) fn str8(&mut self, s: &str) {
         self.u8(u8::try_from(s.len()).expect("str8 holds at most 255 bytes"));

@@ -268,10 +268,12 @@ async fn dispatch(
     if batch.is_empty() {
         return true;
     }
-    let batch = std::mem::take(batch);
-    let last_seq = batch.last().expect("non-empty").seq;
-    let seqs: Vec<u64> = batch.iter().map(|o| o.seq).collect();
     let bytes: u64 = batch.iter().map(|o| o.encoded_len() as u64).sum();
+    let (seqs, batch): (Vec<u64>, Vec<_>) = std::mem::take(batch)
+        .into_iter()
+        .map(|frame| (frame.seq, frame.observation))
+        .unzip();
+    let last_seq = *seqs.last().expect("non-empty");
     let (outcome, queued, overloaded) = match engine.load().admit(bytes) {
         // Submitted here, in the reader, so that the session's batches reach the log in
         // the order they were sent; the acknowledger waits for their syncs.
