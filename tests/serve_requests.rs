@@ -103,19 +103,14 @@ fn spaces_and_check_commands_report_what_is_stored_also_after_a_restart() {
         String::from_utf8_lossy(&load.stderr)
     );
 
+    // `engram check --space loaded --ids FILE`, then `extra` flags.
+    let check = |server: &Server, ids: &Path, extra: &[&str]| {
+        let mut args = vec!["check", "--space", "loaded", "--ids", ids.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        cli(server, data.path(), &args)
+    };
     let check_all = |server: &Server| {
-        let out = cli(
-            server,
-            data.path(),
-            &[
-                "check",
-                "--space",
-                "loaded",
-                "--json",
-                "--ids",
-                ids.to_str().unwrap(),
-            ],
-        );
+        let out = check(server, &ids, &["--json"]);
         assert!(out.status.success(), "every acked id is there");
         let report = json(&out);
         assert_eq!(
@@ -151,33 +146,12 @@ fn spaces_and_check_commands_report_what_is_stored_also_after_a_restart() {
         format!("{}ghost-1\n", std::fs::read_to_string(&ids).unwrap()),
     )
     .unwrap();
-    let out = cli(
-        &server,
-        data.path(),
-        &[
-            "check",
-            "--space",
-            "loaded",
-            "--json",
-            "--ids",
-            with_ghost.to_str().unwrap(),
-        ],
-    );
+    let out = check(&server, &with_ghost, &["--json"]);
     assert_eq!(out.status.code(), Some(1));
     let report = json(&out);
     assert_eq!(report["missing"].as_u64(), Some(1));
     assert_eq!(report["missing_ids"][0].as_str(), Some("ghost-1"));
-    let plain = cli(
-        &server,
-        data.path(),
-        &[
-            "check",
-            "--space",
-            "loaded",
-            "--ids",
-            with_ghost.to_str().unwrap(),
-        ],
-    );
+    let plain = check(&server, &with_ghost, &[]);
     assert!(String::from_utf8_lossy(&plain.stdout).contains("missing ghost-1"));
 
     // Counts and ids are rebuilt from the log after a crash.
