@@ -1,0 +1,35 @@
+"""hnswlib (C++, from PyPI) on the same data and parameters as benches/index_candidates.rs:
+build rate with 2 threads, single-thread query rate, recall@10. Prints one JSON line."""
+import json
+import os
+import sys
+import time
+
+import hnswlib
+import numpy as np
+
+DIM, M, EF_CONSTRUCTION, EF_SEARCH, K, THREADS = 384, 16, 200, 64, 10, 2
+data_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "data", "minilm-docs-384")
+base = np.fromfile(os.path.join(data_dir, "base.f32"), dtype="<f4").reshape(-1, DIM)
+queries = np.fromfile(os.path.join(data_dir, "queries.f32"), dtype="<f4").reshape(-1, DIM)
+truth = [q["rows"] for q in json.load(open(os.path.join(data_dir, "groundtruth.json")))["queries"]]
+
+index = hnswlib.Index(space="ip", dim=DIM)
+index.init_index(max_elements=len(base), M=M, ef_construction=EF_CONSTRUCTION)
+started = time.perf_counter()
+index.add_items(base, np.arange(len(base)), num_threads=THREADS)
+build_s = time.perf_counter() - started
+index.set_ef(EF_SEARCH)
+index.set_num_threads(1)
+started = time.perf_counter()
+found = [index.knn_query(q, k=K)[0][0] for q in queries]
+search_s = time.perf_counter() - started
+hits = sum(len(set(int(x) for x in f) & set(t)) for f, t in zip(found, truth))
+print(json.dumps({
+    "library": f"hnswlib {hnswlib.__version__ if hasattr(hnswlib, '__version__') else ''} (ip, from PyPI)",
+    "points": len(base),
+    "build_points_per_s": round(len(base) / build_s),
+    "search_qps_1_thread": round(len(queries) / search_s),
+    "recall_at_10": hits / (len(queries) * K),
+}))
