@@ -86,10 +86,6 @@ impl ServerLoad {
         }
     }
 
-    pub fn queue_bytes_max(&self) -> u64 {
-        self.queue_bytes_max
-    }
-
     pub fn queued(&self) -> u64 {
         self.queued.load(Ordering::Acquire)
     }
