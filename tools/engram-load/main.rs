@@ -57,7 +57,9 @@ struct Args {
     /// Concurrent senders.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Observations per append.
+    /// Observations per append (target wal). Over QUIC there is nothing to set: the
+    /// client writes whatever is queued in one write, and the server appends whatever it
+    /// has read in one batch.
     #[arg(long, default_value_t = 100)]
     batch: usize,
     /// Offered observations per second over all senders; 0 sends as fast as acks allow.
