@@ -6,6 +6,7 @@
 pub mod client;
 pub mod ingest;
 pub mod observation;
+pub mod space;
 pub mod synthetic;
 pub mod transport;
 pub mod wal;

@@ -41,6 +41,9 @@ enum Command {
     /// Check that every id in a file (one per line, as `engram-load --ids-out` writes) is
     /// stored in a space. Exits 1 if any is missing.
     Check(cli::check::CheckArgs),
+    /// Define a space before its first observation: its dimension and metric. Otherwise a
+    /// space takes the dimension of its first observation and the cosine metric.
+    CreateSpace(cli::create_space::CreateSpaceArgs),
 }
 
 #[derive(clap::Args)]
@@ -131,6 +134,7 @@ fn main() -> anyhow::Result<()> {
         Command::Observe(args) => cli::observe::run(args),
         Command::Spaces(args) => cli::spaces::run(args),
         Command::Check(args) => cli::check::run(args),
+        Command::CreateSpace(args) => cli::create_space::run(args),
         Command::Serve(mut args) => {
             let given = matches
                 .subcommand_matches("serve")

@@ -22,8 +22,14 @@ const ARCHIVE_OVERHEAD_BYTES: usize = 64;
 
 /// A payload that is not a valid archived observation.
 #[derive(Debug, thiserror::Error)]
-#[error("the payload is not a valid observation archive: {0}")]
+#[error("the payload is not a valid archive: {0}")]
 pub struct PayloadError(String);
+
+impl PayloadError {
+    pub(crate) fn new(reason: String) -> PayloadError {
+        PayloadError(reason)
+    }
+}
 
 impl Observation {
     /// The record payload for this observation.

@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use engram::observation::Observation;
+use engram::space::Metric;
 use engram::transport::protocol::{
-    ErrorCode, Frame, Limits, LoadState, ObserveFrame, ProtocolError, RejectCode, SpaceEntry,
-    FRAME_BYTES_MAX_DEFAULT,
+    DefineOutcome, ErrorCode, Frame, Limits, LoadState, ObserveFrame, ProtocolError, RejectCode,
+    SpaceEntry, FRAME_BYTES_MAX_DEFAULT,
 };
 use proptest::prelude::*;
 
@@ -66,6 +67,25 @@ fn expected_frames() -> BTreeMap<&'static str, Frame> {
         ),
         ("client_goodbye", Frame::ClientGoodbye { last_seq: 7 }),
         ("list_spaces", Frame::ListSpaces { request_id: 3 }),
+        (
+            "create_space",
+            Frame::CreateSpace {
+                request_id: 5,
+                space: "notes".into(),
+                dim: 384,
+                metric: Metric::L2,
+            },
+        ),
+        (
+            "space_defined",
+            Frame::SpaceDefined {
+                request_id: 5,
+                outcome: DefineOutcome::Created,
+                lsn: 42,
+                code: 0,
+                message: String::new(),
+            },
+        ),
         (
             "check_ids",
             Frame::CheckIds {
@@ -326,6 +346,34 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             }),
         (any::<u16>(), arb_string(100)).prop_map(|(code, message)| Frame::Error { code, message }),
         any::<u64>().prop_map(|request_id| Frame::ListSpaces { request_id }),
+        (any::<u64>(), arb_string(15), any::<u32>(), 0u8..3).prop_map(
+            |(request_id, space, dim, metric)| Frame::CreateSpace {
+                request_id,
+                space,
+                dim,
+                metric: Metric::from_u8(metric).unwrap()
+            }
+        ),
+        (
+            any::<u64>(),
+            0u8..3,
+            any::<u64>(),
+            any::<u16>(),
+            arb_string(60)
+        )
+            .prop_map(
+                |(request_id, outcome, lsn, code, message)| Frame::SpaceDefined {
+                    request_id,
+                    outcome: [
+                        DefineOutcome::Created,
+                        DefineOutcome::Existed,
+                        DefineOutcome::Refused
+                    ][outcome as usize],
+                    lsn,
+                    code,
+                    message
+                }
+            ),
         (
             any::<u64>(),
             arb_string(15),

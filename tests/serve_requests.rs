@@ -168,3 +168,89 @@ fn spaces_and_check_commands_report_what_is_stored_also_after_a_restart() {
     );
     assert!(server.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_space_defined_first_holds_its_dimension_and_survives_a_restart_empty() {
+    use engram::client::SpaceCreation;
+    let data = tempfile::tempdir().unwrap();
+    let created = |out: &Output| json(out);
+    let mut server = Server::start(data.path(), &[]);
+    let define = |server: &Server, space: &str, dim: &str, metric: &str| {
+        cli(
+            server,
+            data.path(),
+            &[
+                "create-space",
+                "--space",
+                space,
+                "--dim",
+                dim,
+                "--metric",
+                metric,
+                "--json",
+            ],
+        )
+    };
+    let out = define(&server, "defined", "8", "l2");
+    assert!(out.status.success());
+    let report = created(&out);
+    assert_eq!(report["outcome"].as_str(), Some("created"));
+    assert!(
+        report["lsn"].as_u64().unwrap() >= 1,
+        "the definition is logged"
+    );
+    let again = define(&server, "defined", "8", "l2");
+    assert!(again.status.success());
+    assert_eq!(created(&again)["outcome"].as_str(), Some("existed"));
+    for (space, dim, metric, why) in [
+        ("defined", "9", "l2", "dimension 8"),
+        ("defined", "8", "dot", "metric L2"),
+        ("bad name!", "8", "cosine", "[A-Za-z0-9_.-]"),
+        ("zero", "0", "cosine", "at least 1 dimension"),
+    ] {
+        let out = define(&server, space, dim, metric);
+        assert_eq!(out.status.code(), Some(1), "{space} {dim} {metric}");
+        let refused = created(&out)["refused"].as_str().unwrap().to_owned();
+        assert!(refused.contains(why), "{refused} should name {why}");
+    }
+
+    // Observations must now have the defined dimension.
+    let mut session = Session::connect(&server.options("definer"), None)
+        .await
+        .unwrap();
+    let wrong = observation(1, "defined", "d-", 0, 9, Distribution::Uniform);
+    let seq = session.send(&wrong).await.unwrap();
+    let progress = session.wait_acked(seq).await.unwrap();
+    assert_eq!(progress.rejected.len(), 1);
+    assert_eq!(progress.rejected[0].field, "embedding");
+    assert!(progress.rejected[0].expected.contains("dimension 8"));
+    assert_eq!(
+        session
+            .create_space("defined", 8, engram::space::Metric::L2)
+            .await
+            .unwrap(),
+        SpaceCreation::Existed
+    );
+    session.goodbye().await.unwrap();
+
+    // Empty, it is still there after kill -9, with its dimension.
+    server.kill9();
+    let server = Server::start(data.path(), &[]);
+    let listing = json(&cli(&server, data.path(), &["spaces", "--json"]));
+    let space = &listing["spaces"][0];
+    assert_eq!(
+        (
+            space["space"].as_str(),
+            space["dimension"].as_u64(),
+            space["count"].as_u64()
+        ),
+        (Some("defined"), Some(8), Some(0))
+    );
+    let out = define(&server, "defined", "8", "dot");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the metric came back from the log too"
+    );
+    assert!(server.terminate().success());
+}

@@ -1,7 +1,8 @@
 //! The client commands of the `engram` binary (not part of the library): `observe`,
-//! `spaces` and `check`, each one session with a server over QUIC.
+//! `spaces`, `check` and `create-space`, each one session with a server over QUIC.
 
 pub mod check;
+pub mod create_space;
 pub mod observe;
 pub mod spaces;
 

@@ -11,10 +11,11 @@ use std::net::SocketAddr;
 use tokio::sync::{mpsc, watch};
 
 use crate::observation::Observation;
+use crate::space::Metric;
 use crate::transport::endpoint::QuicTuning;
 use crate::transport::framed::{write_frames, FrameReader, StreamError};
 use crate::transport::protocol::{
-    Frame, Limits, LoadState, SpaceEntry, PROTOCOL_VERSION, RESUME_TOKEN_BYTES,
+    DefineOutcome, Frame, Limits, LoadState, SpaceEntry, PROTOCOL_VERSION, RESUME_TOKEN_BYTES,
 };
 use crate::transport::tls::{quic_client_config, TlsError};
 use outbox::Outbox;
@@ -62,6 +63,17 @@ pub enum ClientError {
     Unexpected(String),
     #[error("the session ended before seq {seq} was acknowledged (last acked {acked})")]
     Ended { seq: u64, acked: u64 },
+}
+
+/// What CreateSpace did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SpaceCreation {
+    /// Defined, and its definition is durable at this LSN.
+    Created { lsn: u64 },
+    /// It existed with the same dimension and metric.
+    Existed,
+    /// Refused: `code` is a RejectCode; `message` names what was wrong.
+    Refused { code: u16, message: String },
 }
 
 /// The server's spaces, as ListSpaces answered.
@@ -252,6 +264,37 @@ impl Session {
         }
     }
 
+    /// Defines `space` before its first observation, with `dim` and `metric`.
+    pub async fn create_space(
+        &mut self,
+        space: &str,
+        dim: u32,
+        metric: Metric,
+    ) -> Result<SpaceCreation, ClientError> {
+        let request_id = self
+            .request(|request_id| Frame::CreateSpace {
+                request_id,
+                space: space.to_owned(),
+                dim,
+                metric,
+            })
+            .await?;
+        match self.answer(request_id).await? {
+            Frame::SpaceDefined {
+                outcome,
+                lsn,
+                code,
+                message,
+                ..
+            } => Ok(match outcome {
+                DefineOutcome::Created => SpaceCreation::Created { lsn },
+                DefineOutcome::Existed => SpaceCreation::Existed,
+                DefineOutcome::Refused => SpaceCreation::Refused { code, message },
+            }),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// For each of `ids`: whether the server has it stored durably in `space`.
     pub async fn check_ids(
         &mut self,
@@ -298,9 +341,9 @@ impl Session {
             });
         };
         let answered = match &answer {
-            Frame::SpaceList { request_id, .. } | Frame::CheckResult { request_id, .. } => {
-                *request_id
-            }
+            Frame::SpaceList { request_id, .. }
+            | Frame::CheckResult { request_id, .. }
+            | Frame::SpaceDefined { request_id, .. } => *request_id,
             _ => 0,
         };
         if answered != request_id {
@@ -402,7 +445,12 @@ async fn follow(
 ) {
     loop {
         let frame = reader.next().await;
-        if let Ok(Some(answer @ (Frame::SpaceList { .. } | Frame::CheckResult { .. }))) = frame {
+        if let Ok(Some(
+            answer @ (Frame::SpaceList { .. }
+            | Frame::CheckResult { .. }
+            | Frame::SpaceDefined { .. }),
+        )) = frame
+        {
             // Nobody waiting (the session was dropped mid-request) is not an error.
             let _ = answers.send(answer).await;
             continue;

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::observation::Observation;
+use crate::space::{Metric, SpaceDefinition};
 use crate::transport::protocol::RejectCode;
 use crate::wal::{wal_dir, Entry, Lsn, RecordKind, Submitted, Wal, WalConfig, WalError};
 
@@ -12,8 +13,21 @@ use super::dedupe::{Claims, DedupeIndex, InFlight, Reservation};
 use super::limits::IngestLimits;
 use super::load::ServerLoad;
 use super::rebuild::{rebuild, RebuildError};
+use super::spaces::Definition;
 use super::spaces::SpaceRegistry;
-use super::validate::{validate, Rejection};
+use super::validate::{validate, validate_definition, Rejection};
+
+/// What defining a space explicitly did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Defined {
+    /// Defined and logged at `lsn`.
+    Created {
+        lsn: Lsn,
+    },
+    /// It existed with the same dimension and metric.
+    Existed,
+    Refused(Rejection),
+}
 
 /// What became of one observation.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +94,52 @@ impl Engine {
 
     pub fn wal(&self) -> &Wal {
         &self.wal
+    }
+
+    /// Defines `space` explicitly, before its first observation: its dimension and metric
+    /// are logged, so an empty space survives a restart. Defining an existing space again
+    /// with the same dimension and metric is not an error.
+    pub async fn define_space(
+        &self,
+        space: &str,
+        dim: u32,
+        metric: Metric,
+    ) -> Result<Defined, EngineError> {
+        let definition = match validate_definition(space, dim, metric, &self.limits, &self.spaces) {
+            Ok(definition) => definition,
+            Err(rejection) => return Ok(Defined::Refused(rejection)),
+        };
+        if definition == Definition::Exists {
+            return Ok(Defined::Existed);
+        }
+        let record = SpaceDefinition {
+            name: space.to_owned(),
+            dim,
+            metric,
+        };
+        let appended = self
+            .wal
+            .append(vec![Entry {
+                kind: RecordKind::Space,
+                payload: record.to_payload(),
+            }])
+            .await;
+        match appended {
+            Ok(range) => Ok(Defined::Created { lsn: range.first }),
+            Err(e) => {
+                // Not logged: not defined (unless observations already use it).
+                self.spaces.undefine(space);
+                match e {
+                    WalError::StorageFull { .. } => Ok(Defined::Refused(Rejection {
+                        code: RejectCode::StorageFull,
+                        field: "space",
+                        expected: "free space on the server's disk".into(),
+                        got: e.to_string(),
+                    })),
+                    e => Err(e.into()),
+                }
+            }
+        }
     }
 
     /// For each (space, id) of `space`: whether it is stored durably.

@@ -11,7 +11,7 @@ pub mod spaces;
 pub mod validate;
 
 pub use dedupe::{DedupeIndex, Reservation};
-pub use engine::{Engine, EngineError, Handled, SubmittedBatch};
+pub use engine::{Defined, Engine, EngineError, Handled, SubmittedBatch};
 pub use limits::IngestLimits;
 pub use load::{LoadPermit, Overloaded, ServerLoad};
 pub use rebuild::{rebuild, RebuildError};

@@ -2,6 +2,7 @@
 //! space's dimension.
 
 use crate::observation::Observation;
+use crate::space::SpaceDefinition;
 use crate::wal::{Lsn, RecordKind, WalError, WalReader};
 
 use super::dedupe::DedupeIndex;
@@ -12,9 +13,13 @@ pub enum RebuildError {
     #[error(transparent)]
     Wal(#[from] WalError),
     #[error(
-        "the record at LSN {lsn} has a valid checksum but is not a valid observation: {reason}"
+        "the record at LSN {lsn} has a valid checksum but is not a valid {kind} record: {reason}"
     )]
-    BadObservation { lsn: Lsn, reason: String },
+    BadRecord {
+        lsn: Lsn,
+        kind: &'static str,
+        reason: String,
+    },
 }
 
 /// Replays every observation still in the log into `dedupe` and `spaces`; returns how many.
@@ -29,13 +34,23 @@ pub fn rebuild(
     let mut count = 0;
     while let Some(record) = cursor.read_next()? {
         match record.kind {
-            RecordKind::Observation => {
-                let obs = Observation::view(record.payload()).map_err(|e| {
-                    RebuildError::BadObservation {
+            RecordKind::Space => {
+                let def = SpaceDefinition::view(record.payload()).map_err(|e| {
+                    RebuildError::BadRecord {
                         lsn: record.lsn,
+                        kind: "space",
                         reason: e.to_string(),
                     }
                 })?;
+                spaces.record_definition(def.name.as_str(), def.dim.to_native(), def.metric());
+            }
+            RecordKind::Observation => {
+                let obs =
+                    Observation::view(record.payload()).map_err(|e| RebuildError::BadRecord {
+                        lsn: record.lsn,
+                        kind: "observation",
+                        reason: e.to_string(),
+                    })?;
                 let first = dedupe.record_durable(obs.space.as_str(), obs.id.as_str(), record.lsn);
                 spaces.record(
                     obs.space.as_str(),

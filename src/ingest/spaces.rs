@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
+use crate::space::Metric;
 use crate::wal::Lsn;
 
 /// What claiming a dimension for a space found.
@@ -19,11 +20,25 @@ pub enum DimensionClaim {
     Full,
 }
 
+/// What defining a space explicitly found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Definition {
+    /// The space is new: it must now be logged.
+    Created,
+    /// The space already has this dimension and metric.
+    Exists,
+    /// The space exists with another dimension or metric.
+    Conflict { dim: u32, metric: Metric },
+    /// The space is new and the server already has the most spaces it keeps.
+    Full,
+}
+
 /// What the server knows of one space.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpaceSummary {
     pub name: String,
     pub dim: u32,
+    pub metric: Metric,
     /// Observations stored durably (each (space, id) once).
     pub observations: u64,
     /// The log position of its newest stored observation; 0 if none yet.
@@ -33,6 +48,7 @@ pub struct SpaceSummary {
 #[derive(Debug)]
 struct SpaceState {
     dim: u32,
+    metric: Metric,
     observations: u64,
     last_lsn: Lsn,
 }
@@ -70,6 +86,44 @@ impl SpaceRegistry {
         }
     }
 
+    /// Defines `space` explicitly with `dim` and `metric`, unless it exists.
+    pub fn define(&self, space: &str, dim: u32, metric: Metric, spaces_max: u32) -> Definition {
+        let mut spaces = self.write();
+        match spaces.get(space) {
+            Some(s) if s.dim == dim && s.metric == metric => Definition::Exists,
+            Some(s) => Definition::Conflict {
+                dim: s.dim,
+                metric: s.metric,
+            },
+            None if spaces.len() >= spaces_max as usize => Definition::Full,
+            None => {
+                let mut state = SpaceState::new(dim);
+                state.metric = metric;
+                spaces.insert(space.to_owned(), state);
+                Definition::Created
+            }
+        }
+    }
+
+    /// Forgets a space whose definition could not be logged, if nothing was stored in it.
+    pub fn undefine(&self, space: &str) {
+        let mut spaces = self.write();
+        if spaces.get(space).is_some_and(|s| s.observations == 0) {
+            spaces.remove(space);
+        }
+    }
+
+    /// Records a definition found in the log during recovery. An observation logged just
+    /// before its space's definition record created the space with the default metric;
+    /// the definition's metric stands.
+    pub fn record_definition(&self, space: &str, dim: u32, metric: Metric) {
+        let mut spaces = self.write();
+        let state = spaces
+            .entry(space.to_owned())
+            .or_insert_with(|| SpaceState::new(dim));
+        state.metric = metric;
+    }
+
     /// Counts `count` observations of `space` stored, the newest at `last_lsn`.
     pub fn stored(&self, space: &str, count: u64, last_lsn: Lsn) {
         let mut spaces = self.write();
@@ -105,6 +159,7 @@ impl SpaceRegistry {
             .map(|(name, s)| SpaceSummary {
                 name: name.clone(),
                 dim: s.dim,
+                metric: s.metric,
                 observations: s.observations,
                 last_lsn: s.last_lsn,
             })
@@ -134,6 +189,7 @@ impl SpaceState {
     fn new(dim: u32) -> SpaceState {
         SpaceState {
             dim,
+            metric: Metric::default(),
             observations: 0,
             last_lsn: Lsn(0),
         }

@@ -6,7 +6,8 @@ use crate::observation::Observation;
 use crate::transport::protocol::{Frame, RejectCode};
 
 use super::limits::{IngestLimits, ID_BYTES_MAX, SPACE_NAME_BYTES_MAX};
-use super::spaces::{DimensionClaim, SpaceRegistry};
+use super::spaces::{Definition, DimensionClaim, SpaceRegistry};
+use crate::space::Metric;
 
 /// Why an observation was refused: the field, what was expected, what came.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +74,77 @@ fn is_space_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+fn check_space_name(name: &str) -> Result<(), Rejection> {
+    if is_space_name(name) {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        RejectCode::InvalidSpace,
+        "space",
+        format!("1-{SPACE_NAME_BYTES_MAX} bytes of [A-Za-z0-9_.-]"),
+        format!("{name:?} ({} bytes)", name.len()),
+    ))
+}
+
+fn check_dimension(
+    dim: usize,
+    field: &'static str,
+    limits: &IngestLimits,
+) -> Result<(), Rejection> {
+    if dim == 0 {
+        return Err(Rejection::new(
+            RejectCode::EmptyEmbedding,
+            field,
+            "at least 1 dimension",
+            "0",
+        ));
+    }
+    if dim > limits.embedding_dim_max as usize {
+        return Err(Rejection::new(
+            RejectCode::DimensionTooLarge,
+            field,
+            format!("at most {} dimensions", limits.embedding_dim_max),
+            format!("{dim} dimensions"),
+        ));
+    }
+    Ok(())
+}
+
+fn too_many_spaces(name: &str, limits: &IngestLimits) -> Rejection {
+    Rejection::new(
+        RejectCode::TooManySpaces,
+        "space",
+        format!("one of the existing spaces (at most {})", limits.spaces_max),
+        format!("new space {name:?}"),
+    )
+}
+
+/// Validates an explicit definition of `name` with `dim` and `metric`, and defines it
+/// in `spaces` unless it exists already. Nothing is logged here.
+pub fn validate_definition(
+    name: &str,
+    dim: u32,
+    metric: Metric,
+    limits: &IngestLimits,
+    spaces: &SpaceRegistry,
+) -> Result<Definition, Rejection> {
+    check_space_name(name)?;
+    check_dimension(dim as usize, "dim", limits)?;
+    match spaces.define(name, dim, metric, limits.spaces_max) {
+        Definition::Full => Err(too_many_spaces(name, limits)),
+        Definition::Conflict {
+            dim: existing,
+            metric: existing_metric,
+        } => Err(Rejection::new(
+            RejectCode::DimensionMismatch,
+            "dim",
+            format!("dimension {existing} and metric {existing_metric:?} (space {name} exists)"),
+            format!("dimension {dim} and metric {metric:?}"),
+        )),
+        created_or_exists => Ok(created_or_exists),
+    }
+}
+
 /// Validates `obs`; on success its space has the embedding's dimension (claimed now if the
 /// space is new). Nothing is stored here.
 pub fn validate(
@@ -81,14 +153,7 @@ pub fn validate(
     spaces: &SpaceRegistry,
 ) -> Result<(), Rejection> {
     use RejectCode::*;
-    if !is_space_name(&obs.space) {
-        return Err(Rejection::new(
-            InvalidSpace,
-            "space",
-            format!("1-{SPACE_NAME_BYTES_MAX} bytes of [A-Za-z0-9_.-]"),
-            format!("{:?} ({} bytes)", obs.space, obs.space.len()),
-        ));
-    }
+    check_space_name(&obs.space)?;
     if obs.id.is_empty() || obs.id.len() > ID_BYTES_MAX as usize {
         return Err(Rejection::new(
             InvalidId,
@@ -114,22 +179,7 @@ pub fn validate(
         ));
     }
     let dim = obs.embedding.len();
-    if dim == 0 {
-        return Err(Rejection::new(
-            EmptyEmbedding,
-            "embedding",
-            "at least 1 dimension",
-            "0",
-        ));
-    }
-    if dim > limits.embedding_dim_max as usize {
-        return Err(Rejection::new(
-            DimensionTooLarge,
-            "embedding",
-            format!("at most {} dimensions", limits.embedding_dim_max),
-            format!("{dim} dimensions"),
-        ));
-    }
+    check_dimension(dim, "embedding", limits)?;
     if let Some(i) = obs.embedding.iter().position(|x| !x.is_finite()) {
         return Err(Rejection::new(
             NonFiniteEmbedding,
@@ -140,12 +190,7 @@ pub fn validate(
     }
     match spaces.claim_dimension(&obs.space, dim as u32, limits.spaces_max) {
         DimensionClaim::Matches | DimensionClaim::Claimed => Ok(()),
-        DimensionClaim::Full => Err(Rejection::new(
-            TooManySpaces,
-            "space",
-            format!("one of the existing spaces (at most {})", limits.spaces_max),
-            format!("new space {:?}", obs.space),
-        )),
+        DimensionClaim::Full => Err(too_many_spaces(&obs.space, limits)),
         DimensionClaim::Mismatch { expected } => Err(Rejection::new(
             DimensionMismatch,
             "embedding",

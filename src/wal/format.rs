@@ -34,12 +34,15 @@ const PADDING_KIND: u16 = 0xFFFF;
 pub enum RecordKind {
     /// An rkyv-archived [`crate::observation::Observation`].
     Observation = 1,
+    /// An rkyv-archived [`crate::space::SpaceDefinition`]: a space created explicitly.
+    Space = 2,
 }
 
 impl RecordKind {
     pub fn from_u16(raw: u16) -> Option<RecordKind> {
         match raw {
             1 => Some(RecordKind::Observation),
+            2 => Some(RecordKind::Space),
             _ => None,
         }
     }
@@ -47,6 +50,7 @@ impl RecordKind {
     pub fn name(self) -> &'static str {
         match self {
             RecordKind::Observation => "observation",
+            RecordKind::Space => "space",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What `dump` and `follow` print for one record.
 
 use engram::observation::Observation;
+use engram::space::SpaceDefinition;
 use engram::wal::{Lsn, RecordKind, RecordRef};
 use serde::Serialize;
 
@@ -39,6 +40,13 @@ impl<'a> RecordLine<'a> {
                     line.space = Some(obs.space.as_str());
                     line.id = Some(obs.id.as_str());
                     line.dim = Some(obs.dimension());
+                }
+                Err(e) => line.payload_error = Some(e.to_string()),
+            },
+            RecordKind::Space => match SpaceDefinition::view(record.payload) {
+                Ok(def) => {
+                    line.space = Some(def.name.as_str());
+                    line.dim = Some(def.dim.to_native() as usize);
                 }
                 Err(e) => line.payload_error = Some(e.to_string()),
             },
@@ -82,6 +90,9 @@ impl<'a> RecordLine<'a> {
 pub fn check_payload(record: &RecordRef<'_>) -> Result<(), String> {
     match record.kind {
         RecordKind::Observation => Observation::view(record.payload)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        RecordKind::Space => SpaceDefinition::view(record.payload)
             .map(|_| ())
             .map_err(|e| e.to_string()),
     }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use engram::observation::Observation;
+use engram::space::SpaceDefinition;
 use engram::wal::{scan_log, Lsn, RecordKind};
 use serde::Serialize;
 
@@ -45,6 +46,10 @@ pub fn run(dir: &Path, json: bool) -> anyhow::Result<u8> {
             let (space, dim) = match r.record.kind {
                 RecordKind::Observation => match Observation::view(r.record.payload) {
                     Ok(obs) => (obs.space.as_str().to_owned(), obs.dimension()),
+                    Err(_) => ("<invalid payload>".to_owned(), 0),
+                },
+                RecordKind::Space => match SpaceDefinition::view(r.record.payload) {
+                    Ok(def) => (def.name.as_str().to_owned(), def.dim.to_native() as usize),
                     Err(_) => ("<invalid payload>".to_owned(), 0),
                 },
             };

@@ -4,9 +4,11 @@
 use crate::observation::Observation;
 
 use super::wire::{set_frame_length, Reader, Writer};
+use crate::space::Metric;
+
 use super::{
-    Frame, FrameType, Limits, LoadState, ObserveFrame, ProtocolError, SpaceEntry, CHECK_IDS_MAX,
-    FRAME_HEADER_BYTES,
+    DefineOutcome, Frame, FrameType, Limits, LoadState, ObserveFrame, ProtocolError, SpaceEntry,
+    CHECK_IDS_MAX, FRAME_HEADER_BYTES,
 };
 
 impl Frame {
@@ -17,6 +19,7 @@ impl Frame {
             Frame::ClientGoodbye { .. } => FrameType::ClientGoodbye,
             Frame::ListSpaces { .. } => FrameType::ListSpaces,
             Frame::CheckIds { .. } => FrameType::CheckIds,
+            Frame::CreateSpace { .. } => FrameType::CreateSpace,
             Frame::Welcome { .. } => FrameType::Welcome,
             Frame::Ack { .. } => FrameType::Ack,
             Frame::Reject { .. } => FrameType::Reject,
@@ -25,6 +28,7 @@ impl Frame {
             Frame::Error { .. } => FrameType::Error,
             Frame::SpaceList { .. } => FrameType::SpaceList,
             Frame::CheckResult { .. } => FrameType::CheckResult,
+            Frame::SpaceDefined { .. } => FrameType::SpaceDefined,
         }
     }
 
@@ -54,6 +58,30 @@ impl Frame {
             Frame::Observe(o) => w.observe(o.seq, &o.observation),
             Frame::ClientGoodbye { last_seq } => w.u64(*last_seq),
             Frame::ListSpaces { request_id } => w.u64(*request_id),
+            Frame::CreateSpace {
+                request_id,
+                space,
+                dim,
+                metric,
+            } => {
+                w.u64(*request_id);
+                w.str8(space);
+                w.u32(*dim);
+                w.u8(*metric as u8);
+            }
+            Frame::SpaceDefined {
+                request_id,
+                outcome,
+                lsn,
+                code,
+                message,
+            } => {
+                w.u64(*request_id);
+                w.u8(*outcome as u8);
+                w.u64(*lsn);
+                w.u16(*code);
+                w.str16(message);
+            }
             Frame::CheckIds {
                 request_id,
                 space,
@@ -302,6 +330,31 @@ fn decode_body(kind: FrameType, r: &mut Reader<'_>) -> Result<Frame, ProtocolErr
         },
         FrameType::ListSpaces => Frame::ListSpaces {
             request_id: r.u64("request_id")?,
+        },
+        FrameType::CreateSpace => Frame::CreateSpace {
+            request_id: r.u64("request_id")?,
+            space: r.str8("space")?,
+            dim: r.u32("dim")?,
+            metric: {
+                let v = r.u8("metric")?;
+                Metric::from_u8(v).ok_or(ProtocolError::InvalidValue {
+                    field: "metric",
+                    value: v.into(),
+                })?
+            },
+        },
+        FrameType::SpaceDefined => Frame::SpaceDefined {
+            request_id: r.u64("request_id")?,
+            outcome: {
+                let v = r.u8("outcome")?;
+                DefineOutcome::from_u8(v).ok_or(ProtocolError::InvalidValue {
+                    field: "outcome",
+                    value: v.into(),
+                })?
+            },
+            lsn: r.u64("lsn")?,
+            code: r.u16("code")?,
+            message: r.str16("message")?,
         },
         FrameType::CheckIds => {
             let request_id = r.u64("request_id")?;

@@ -12,6 +12,7 @@
 use std::fmt;
 
 use crate::observation::Observation;
+use crate::space::Metric;
 
 mod codec;
 mod wire;
@@ -34,6 +35,7 @@ pub enum FrameType {
     ClientGoodbye = 0x03,
     ListSpaces = 0x04,
     CheckIds = 0x05,
+    CreateSpace = 0x06,
     Welcome = 0x41,
     Ack = 0x42,
     Reject = 0x43,
@@ -42,6 +44,7 @@ pub enum FrameType {
     Error = 0x46,
     SpaceList = 0x47,
     CheckResult = 0x48,
+    SpaceDefined = 0x49,
 }
 
 impl FrameType {
@@ -52,6 +55,7 @@ impl FrameType {
             0x03 => FrameType::ClientGoodbye,
             0x04 => FrameType::ListSpaces,
             0x05 => FrameType::CheckIds,
+            0x06 => FrameType::CreateSpace,
             0x41 => FrameType::Welcome,
             0x42 => FrameType::Ack,
             0x43 => FrameType::Reject,
@@ -60,6 +64,7 @@ impl FrameType {
             0x46 => FrameType::Error,
             0x47 => FrameType::SpaceList,
             0x48 => FrameType::CheckResult,
+            0x49 => FrameType::SpaceDefined,
             _ => return None,
         })
     }
@@ -142,6 +147,13 @@ pub enum Frame {
     ListSpaces {
         request_id: u64,
     },
+    /// Defines a space before its first observation (answer: SpaceDefined).
+    CreateSpace {
+        request_id: u64,
+        space: String,
+        dim: u32,
+        metric: Metric,
+    },
     /// Asks which of `ids` are stored durably in `space` (CheckResult). At most
     /// `CHECK_IDS_MAX` ids.
     CheckIds {
@@ -192,6 +204,36 @@ pub enum Frame {
         request_id: u64,
         found: Vec<bool>,
     },
+    /// What CreateSpace did. Refused: `code` is the RejectCode and `message` says why.
+    SpaceDefined {
+        request_id: u64,
+        outcome: DefineOutcome,
+        /// The definition's log position when created; 0 otherwise.
+        lsn: u64,
+        code: u16,
+        message: String,
+    },
+}
+
+/// SpaceDefined.outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DefineOutcome {
+    Created = 0,
+    /// It existed with the same dimension and metric.
+    Existed = 1,
+    Refused = 2,
+}
+
+impl DefineOutcome {
+    fn from_u8(v: u8) -> Option<DefineOutcome> {
+        Some(match v {
+            0 => DefineOutcome::Created,
+            1 => DefineOutcome::Existed,
+            2 => DefineOutcome::Refused,
+            _ => return None,
+        })
+    }
 }
 
 /// One space in a SpaceList.

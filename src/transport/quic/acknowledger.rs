@@ -7,9 +7,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::session::{BatchOutcome, SessionError, Work};
 use super::{SessionTable, Token};
-use crate::ingest::{Engine, Handled, ServerLoad};
+use crate::ingest::{Defined, Engine, EngineError, Handled, ServerLoad};
 use crate::transport::framed::write_frames;
-use crate::transport::protocol::{ErrorCode, Frame, LoadState, SpaceEntry};
+use crate::transport::protocol::{DefineOutcome, ErrorCode, Frame, LoadState, SpaceEntry};
 
 /// The sending half of a session.
 pub(super) struct Acknowledger {
@@ -154,10 +154,22 @@ pub(super) async fn acknowledge(
                 write_frames(&mut ack.send, &frames).await?;
                 ack.sessions.acked(&ack.token, ack.last_acked);
             }
-            Work::Request(request) => {
-                let answer = answer(&ack.engine, request);
-                write_frames(&mut ack.send, &[answer]).await?;
-            }
+            Work::Request(request) => match answer(&ack.engine, request).await {
+                Ok(answer) => write_frames(&mut ack.send, &[answer]).await?,
+                Err(e) => {
+                    // Only a latched log failure gets here: the session ends.
+                    write_frames(
+                        &mut ack.send,
+                        &[Frame::Error {
+                            code: ErrorCode::StorageFailed as u16,
+                            message: e.to_string(),
+                        }],
+                    )
+                    .await?;
+                    finish_delivered(&mut ack.send).await;
+                    return Err(e.into());
+                }
+            },
             Work::Goodbye => {
                 write_frames(
                     &mut ack.send,
@@ -187,8 +199,8 @@ pub(super) async fn acknowledge(
 }
 
 /// The answer to a ListSpaces or CheckIds request.
-fn answer(engine: &Engine, request: Frame) -> Frame {
-    match request {
+async fn answer(engine: &Engine, request: Frame) -> Result<Frame, EngineError> {
+    Ok(match request {
         Frame::ListSpaces { request_id } => Frame::SpaceList {
             request_id,
             durable_lsn: engine.wal().durable_lsn().0,
@@ -212,8 +224,30 @@ fn answer(engine: &Engine, request: Frame) -> Frame {
             request_id,
             found: engine.contains(&space, &ids),
         },
+        Frame::CreateSpace {
+            request_id,
+            space,
+            dim,
+            metric,
+        } => {
+            let (outcome, lsn, code, message) =
+                match engine.define_space(&space, dim, metric).await? {
+                    Defined::Created { lsn } => (DefineOutcome::Created, lsn.0, 0, String::new()),
+                    Defined::Existed => (DefineOutcome::Existed, 0, 0, String::new()),
+                    Defined::Refused(why) => {
+                        (DefineOutcome::Refused, 0, why.code as u16, why.to_string())
+                    }
+                };
+            Frame::SpaceDefined {
+                request_id,
+                outcome,
+                lsn,
+                code,
+                message,
+            }
+        }
         other => unreachable!("only requests are queued as Work::Request, not {other:?}"),
-    }
+    })
 }
 
 pub(super) async fn close_with(

@@ -236,7 +236,11 @@ async fn read_observations(
                 let _ = work.send(Work::Goodbye).await;
                 return Ok(());
             }
-            Some(Some(request @ (Frame::ListSpaces { .. } | Frame::CheckIds { .. }))) => {
+            Some(Some(
+                request @ (Frame::ListSpaces { .. }
+                | Frame::CheckIds { .. }
+                | Frame::CreateSpace { .. }),
+            )) => {
                 // Answered by the acknowledger in turn: after every observation sent
                 // before it is acknowledged, so a session reads its own writes.
                 let queued = work.send(Work::Request(request)).await;
