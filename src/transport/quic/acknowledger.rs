@@ -121,15 +121,7 @@ pub(super) async fn acknowledge(
                 let outcomes = match outcome {
                     Ok(outcomes) => outcomes,
                     Err(e) => {
-                        write_frames(
-                            &mut ack.send,
-                            &[Frame::Error {
-                                code: ErrorCode::StorageFailed as u16,
-                                message: e.to_string(),
-                            }],
-                        )
-                        .await?;
-                        finish_delivered(&mut ack.send).await;
+                        close_with(&mut ack.send, ErrorCode::StorageFailed, e.to_string()).await?;
                         return Err(e.into());
                     }
                 };
@@ -158,15 +150,7 @@ pub(super) async fn acknowledge(
                 Ok(answer) => write_frames(&mut ack.send, &[answer]).await?,
                 Err(e) => {
                     // Only a latched log failure gets here: the session ends.
-                    write_frames(
-                        &mut ack.send,
-                        &[Frame::Error {
-                            code: ErrorCode::StorageFailed as u16,
-                            message: e.to_string(),
-                        }],
-                    )
-                    .await?;
-                    finish_delivered(&mut ack.send).await;
+                    close_with(&mut ack.send, ErrorCode::StorageFailed, e.to_string()).await?;
                     return Err(e.into());
                 }
             },
@@ -181,18 +165,7 @@ pub(super) async fn acknowledge(
                 finish_delivered(&mut ack.send).await;
                 return Ok(());
             }
-            Work::Error(code, message) => {
-                write_frames(
-                    &mut ack.send,
-                    &[Frame::Error {
-                        code: code as u16,
-                        message,
-                    }],
-                )
-                .await?;
-                finish_delivered(&mut ack.send).await;
-                return Ok(());
-            }
+            Work::Error(code, message) => return close_with(&mut ack.send, code, message).await,
         }
     }
     Ok(())
