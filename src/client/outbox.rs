@@ -93,6 +93,14 @@ impl Outbox {
     }
 }
 
+/// A session dropped without a goodbye (a lost connection, an abort) still lets its
+/// writer drain and end, instead of leaving it parked with its stream and buffers.
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 async fn write_out(
     mut send: quinn::SendStream,
     shared: Arc<Shared>,

@@ -1,0 +1,55 @@
+//! The Rust client against the real server: what a session leaves behind when it ends.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::server::Server;
+use engram::client::Session;
+use engram::synthetic::{observation, Distribution};
+
+/// How long the runtime may take to wind down the tasks of closed connections (QUIC keeps
+/// a closed connection draining for a few round trips).
+const WIND_DOWN: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_dropped_without_goodbye_leave_no_tasks_behind() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let options = server.options("dropper");
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    for n in 0..5 {
+        let mut session = Session::connect(&options, None).await.unwrap();
+        let seq = session
+            .send(&observation(
+                2,
+                "dropped",
+                "d-",
+                n,
+                8,
+                Distribution::Uniform,
+            ))
+            .await
+            .unwrap();
+        session.wait_acked(seq).await.unwrap();
+        // A lost connection, as the stream sees one: no goodbye.
+        session.abort();
+        drop(session);
+    }
+    // Each session ran a reader, a writer and QUIC's drivers. Waiting on a condition
+    // with a deadline: tokio has no event for "a task ended".
+    let deadline = Instant::now() + WIND_DOWN;
+    loop {
+        let alive = metrics.num_alive_tasks();
+        if alive <= before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{alive} tasks still alive, {before} before the sessions"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(server.terminate().success());
+}
