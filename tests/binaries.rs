@@ -1,5 +1,7 @@
 //! The `engram serve` and `engram-load` binaries, run as child processes.
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -121,12 +123,7 @@ fn engram_load_acks_every_observation_and_records_each_id() {
         .arg(&ids)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = common::success_json(&out);
     assert_eq!(report["sent"], 2000);
     assert_eq!(report["acked"], 2000);
     assert_eq!(report["rejected"], 0);

@@ -397,12 +397,7 @@ fn engram_load_streams_to_the_server_and_records_every_acked_id() {
         .arg(&ids)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = common::success_json(&out);
     assert_eq!(
         (
             report["sent"].as_u64(),

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::server::Server;
+use common::stdout_json as json;
 use engram::client::Session;
 use engram::synthetic::{observation, Distribution};
 
@@ -17,16 +18,6 @@ fn cli(server: &Server, data: &Path, args: &[&str]) -> Output {
         .arg(data.join("tls").join("cert.der"))
         .output()
         .unwrap()
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: stdout {} stderr {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,11 +88,7 @@ fn spaces_and_check_commands_report_what_is_stored_also_after_a_restart() {
         .arg(&ids)
         .output()
         .unwrap();
-    assert!(
-        load.status.success(),
-        "{}",
-        String::from_utf8_lossy(&load.stderr)
-    );
+    common::success_json(&load);
 
     // `engram check --space loaded --ids FILE`, then `extra` flags.
     let check = |server: &Server, ids: &Path, extra: &[&str]| {

@@ -89,3 +89,24 @@ pub fn stored(data_dir: &Path) -> std::collections::HashMap<(String, String), u3
     }
     counts
 }
+
+/// A command's stdout as one JSON value; the panic shows both streams.
+pub fn stdout_json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {} stderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// `stdout_json` of a command that must have succeeded.
+pub fn success_json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout_json(out)
+}

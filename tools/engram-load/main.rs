@@ -358,8 +358,7 @@ fn run_quic(args: &Args) -> anyhow::Result<Report> {
                     let mut stream =
                         engram::client::ObservationStream::connect(options, Default::default())
                             .await?;
-                    let mut sent_at = std::collections::VecDeque::new();
-                    let (mut latencies, mut rejected) = (Vec::with_capacity(mine.len()), 0u64);
+                    let mut tally = Tally::new(ids_out, bar, mine.len());
                     let start = Instant::now();
                     for (i, &n) in mine.iter().enumerate() {
                         if let Some(interval) = interval {
@@ -375,28 +374,14 @@ fn run_quic(args: &Args) -> anyhow::Result<Report> {
                                 distribution,
                             ))
                             .await?;
-                        sent_at.push_back(Instant::now());
+                        tally.sent();
                         stream.poll_acked();
-                        account(
-                            &mut stream,
-                            &mut sent_at,
-                            &mut latencies,
-                            &mut rejected,
-                            &ids_out,
-                            &bar,
-                        );
+                        tally.account(&mut stream);
                     }
                     stream.flush().await?;
-                    account(
-                        &mut stream,
-                        &mut sent_at,
-                        &mut latencies,
-                        &mut rejected,
-                        &ids_out,
-                        &bar,
-                    );
+                    tally.account(&mut stream);
                     stream.close().await?;
-                    anyhow::Ok((latencies, mine.len() as u64, rejected))
+                    anyhow::Ok((tally.latencies, mine.len() as u64, tally.rejected))
                 })
             })
             .collect();
@@ -418,32 +403,52 @@ fn run_quic(args: &Args) -> anyhow::Result<Report> {
     Ok(report("quic", all, sent, rejected, seconds))
 }
 
-/// Takes the acks that arrived: latencies, the ids file, the progress bar.
-fn account(
-    stream: &mut engram::client::ObservationStream,
-    sent_at: &mut std::collections::VecDeque<Instant>,
-    latencies: &mut Vec<f64>,
-    rejected: &mut u64,
-    ids_out: &Arc<Option<Mutex<BufWriter<File>>>>,
-    bar: &ProgressBar,
-) {
-    let acked = stream.take_acked();
-    let refused = stream.take_rejected();
-    let now = Instant::now();
-    // Acks settle in send order; a refused observation's latency is not an ack's.
-    for _ in 0..acked.len() {
-        if let Some(t) = sent_at.pop_front() {
-            latencies.push((now - t).as_secs_f64() * 1e3);
+/// One sender's record of what it sent and what came back.
+struct Tally {
+    /// Send times of the observations not yet settled, in send order.
+    sent_at: std::collections::VecDeque<Instant>,
+    /// Ack latency of every acknowledged observation, in milliseconds.
+    latencies: Vec<f64>,
+    rejected: u64,
+    ids_out: Arc<Option<Mutex<BufWriter<File>>>>,
+    bar: ProgressBar,
+}
+
+impl Tally {
+    fn new(ids_out: Arc<Option<Mutex<BufWriter<File>>>>, bar: ProgressBar, count: usize) -> Tally {
+        Tally {
+            sent_at: std::collections::VecDeque::new(),
+            latencies: Vec::with_capacity(count),
+            rejected: 0,
+            ids_out,
+            bar,
         }
     }
-    sent_at.drain(..refused.len().min(sent_at.len()));
-    *rejected += refused.len() as u64;
-    if let (Some(out), false) = (ids_out.as_ref(), acked.is_empty()) {
-        let mut out = out.lock().expect("ids file lock");
-        for o in &acked {
-            let _ = writeln!(out, "{}", o.id);
-        }
-        let _ = out.flush();
+
+    fn sent(&mut self) {
+        self.sent_at.push_back(Instant::now());
     }
-    bar.inc(acked.len() as u64);
+
+    /// Takes the acks that arrived: latencies, the ids file, the progress bar.
+    fn account(&mut self, stream: &mut engram::client::ObservationStream) {
+        let acked = stream.take_acked();
+        let refused = stream.take_rejected();
+        let now = Instant::now();
+        // Acks settle in send order; a refused observation's latency is not an ack's.
+        for _ in 0..acked.len() {
+            if let Some(t) = self.sent_at.pop_front() {
+                self.latencies.push((now - t).as_secs_f64() * 1e3);
+            }
+        }
+        self.sent_at.drain(..refused.len().min(self.sent_at.len()));
+        self.rejected += refused.len() as u64;
+        if let (Some(out), false) = (self.ids_out.as_ref(), acked.is_empty()) {
+            let mut out = out.lock().expect("ids file lock");
+            for o in &acked {
+                let _ = writeln!(out, "{}", o.id);
+            }
+            let _ = out.flush();
+        }
+        self.bar.inc(acked.len() as u64);
+    }
 }
