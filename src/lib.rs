@@ -4,6 +4,7 @@
 //! wal -> ingest workers -> index -> recall. See docs/architecture.md.
 
 pub mod client;
+pub mod index;
 pub mod ingest;
 pub mod observation;
 pub mod space;

@@ -5,12 +5,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::builder::TypedValueParser;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::sync::Arc;
 
 mod cli;
 
-use engram::ingest::{Engine, IngestLimits};
+use engram::index::IndexParams;
+use engram::ingest::{Engine, IndexConfig, IngestLimits};
 use engram::transport::http::Readiness;
 use engram::transport::tls::ServerIdentity;
 use engram::wal::{RecoveryMode, WalConfig};
@@ -44,6 +46,9 @@ enum Command {
     /// Define a space before its first observation: its dimension and metric. Otherwise a
     /// space takes the dimension of its first observation and the cosine metric.
     CreateSpace(cli::create_space::CreateSpaceArgs),
+    /// The k observations of a space nearest to a vector, or to a stored observation's own
+    /// embedding (--id). Exits 1 if the server refuses the query.
+    Recall(cli::recall::RecallArgs),
 }
 
 #[derive(clap::Args)]
@@ -102,6 +107,19 @@ struct ServeArgs {
         default_value = "tolerate-torn-tail"
     )]
     wal_recovery_mode: RecoveryModeArg,
+    /// Threads that insert durable observations into the indexes; spaces are partitioned
+    /// over them. Default: one per core.
+    #[arg(long, env = "ENGRAM_INDEX_WORKERS", default_value_t = engram::ingest::workers::default_workers(), value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
+    index_workers: usize,
+    /// HNSW links per node (M); the bottom layer keeps twice as many.
+    #[arg(long, env = "ENGRAM_HNSW_M", default_value_t = engram::index::M_DEFAULT, value_parser = clap::value_parser!(u16).range(2..=256).map(usize::from))]
+    hnsw_m: usize,
+    /// HNSW candidate list while inserting (ef_construction).
+    #[arg(long, env = "ENGRAM_HNSW_EF_CONSTRUCTION", default_value_t = engram::index::EF_CONSTRUCTION_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
+    hnsw_ef_construction: usize,
+    /// HNSW candidate list while searching (ef_search); a recall may ask for more.
+    #[arg(long, env = "ENGRAM_HNSW_EF_SEARCH", default_value_t = engram::index::EF_SEARCH_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
+    hnsw_ef_search: usize,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -135,6 +153,7 @@ fn main() -> anyhow::Result<()> {
         Command::Spaces(args) => cli::spaces::run(args),
         Command::Check(args) => cli::check::run(args),
         Command::CreateSpace(args) => cli::create_space::run(args),
+        Command::Recall(args) => cli::recall::run(args),
         Command::Serve(mut args) => {
             let given = matches
                 .subcommand_matches("serve")
@@ -163,6 +182,10 @@ struct ConfigFile {
     wal_commit_window_us: Option<u64>,
     wal_commit_bytes_max: Option<u64>,
     wal_recovery_mode: Option<String>,
+    index_workers: Option<usize>,
+    hnsw_m: Option<usize>,
+    hnsw_ef_construction: Option<usize>,
+    hnsw_ef_search: Option<usize>,
 }
 
 /// Fills every setting that came from neither the command line nor the environment from
@@ -203,6 +226,10 @@ fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyhow::
     fill!(wal_segment_bytes, anyhow::Ok);
     fill!(wal_commit_window_us, anyhow::Ok);
     fill!(wal_commit_bytes_max, anyhow::Ok);
+    fill!(index_workers, anyhow::Ok);
+    fill!(hnsw_m, anyhow::Ok);
+    fill!(hnsw_ef_construction, anyhow::Ok);
+    fill!(hnsw_ef_search, anyhow::Ok);
     fill!(wal_recovery_mode, |v: String| {
         <RecoveryModeArg as clap::ValueEnum>::from_str(&v.replace('_', "-"), false)
             .map_err(|e| anyhow::anyhow!("wal_recovery_mode in {}: {e}", path.display()))
@@ -245,7 +272,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::error!(error = %e, "the HTTP server stopped");
         }
     });
-    let engine = Engine::open(&args.data_dir, config, limits)
+    anyhow::ensure!(
+        (1..=1024).contains(&args.index_workers)
+            && (2..=256).contains(&args.hnsw_m)
+            && (1..=4096).contains(&args.hnsw_ef_construction)
+            && (1..=4096).contains(&args.hnsw_ef_search),
+        "index settings out of range: index_workers 1..=1024, hnsw_m 2..=256, \
+         hnsw_ef_construction and hnsw_ef_search 1..=4096"
+    );
+    let index = IndexConfig {
+        workers: args.index_workers.max(1),
+        params: IndexParams {
+            m: args.hnsw_m,
+            ef_construction: args.hnsw_ef_construction,
+            ef_search: args.hnsw_ef_search,
+        },
+    };
+    let engine = Engine::open(&args.data_dir, config, limits, index)
         .with_context(|| format!("opening the data in {}", args.data_dir.display()))?;
     let engine = Arc::new(engine);
     readiness.set(&engine);

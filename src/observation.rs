@@ -63,6 +63,29 @@ impl ArchivedObservation {
     pub fn dimension(&self) -> usize {
         self.embedding.len()
     }
+
+    /// The embedding as native floats: borrowed in place on little-endian machines (the
+    /// archive's byte order), copied elsewhere.
+    pub fn embedding(&self) -> std::borrow::Cow<'_, [f32]> {
+        let archived = self.embedding.as_slice();
+        #[cfg(target_endian = "little")]
+        {
+            const _: () = assert!(
+                std::mem::size_of::<rkyv::rend::f32_le>() == 4
+                    && std::mem::align_of::<rkyv::rend::f32_le>() == 4
+            );
+            // SAFETY: on a little-endian machine `f32_le` has the size, alignment and
+            // byte layout of `f32` (asserted above), and every bit pattern is a valid f32.
+            let native = unsafe {
+                std::slice::from_raw_parts(archived.as_ptr().cast::<f32>(), archived.len())
+            };
+            std::borrow::Cow::Borrowed(native)
+        }
+        #[cfg(not(target_endian = "little"))]
+        {
+            std::borrow::Cow::Owned(archived.iter().map(|x| x.to_native()).collect())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -84,6 +107,7 @@ mod tests {
         let view = Observation::view(&payload).expect("valid");
         assert_eq!(view.space.as_str(), "notes");
         assert_eq!(view.dimension(), 3);
+        assert_eq!(&*view.embedding(), &[0.25, -1.0, 3.5]);
         assert_eq!(Observation::from_archived(view), obs);
         assert!(Observation::view(&payload[..payload.len() - 4]).is_err());
     }

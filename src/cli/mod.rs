@@ -1,9 +1,10 @@
 //! The client commands of the `engram` binary (not part of the library): `observe`,
-//! `spaces`, `check` and `create-space`, each one session with a server over QUIC.
+//! `spaces`, `check`, `create-space` and `recall`, each one session with a server over QUIC.
 
 pub mod check;
 pub mod create_space;
 pub mod observe;
+pub mod recall;
 pub mod spaces;
 
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 //! keeps streaming across lost connections and server restarts (stream.rs).
 
 mod outbox;
+mod recall;
 mod stream;
 
 pub use stream::{Backoff, ObservationStream, PENDING_OBSERVATIONS_MAX};
@@ -63,6 +64,11 @@ pub enum ClientError {
     Unexpected(String),
     #[error("the session ended before seq {seq} was acknowledged (last acked {acked})")]
     Ended { seq: u64, acked: u64 },
+    #[error("the server refused the recall ({status:?}): {message}")]
+    Recall {
+        status: crate::transport::protocol::RecallStatus,
+        message: String,
+    },
 }
 
 /// What CreateSpace did.
@@ -343,7 +349,8 @@ impl Session {
         let answered = match &answer {
             Frame::SpaceList { request_id, .. }
             | Frame::CheckResult { request_id, .. }
-            | Frame::SpaceDefined { request_id, .. } => *request_id,
+            | Frame::SpaceDefined { request_id, .. }
+            | Frame::RecallResult { request_id, .. } => *request_id,
             _ => 0,
         };
         if answered != request_id {
@@ -448,7 +455,8 @@ async fn follow(
         if let Ok(Some(
             answer @ (Frame::SpaceList { .. }
             | Frame::CheckResult { .. }
-            | Frame::SpaceDefined { .. }),
+            | Frame::SpaceDefined { .. }
+            | Frame::RecallResult { .. }),
         )) = frame
         {
             // Nobody waiting (the session was dropped mid-request) is not an error.

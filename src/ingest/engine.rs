@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::index::{recall, RecallError, RecallQuery, Recalled, SpaceIndexes};
 use crate::observation::Observation;
 use crate::space::{Metric, SpaceDefinition};
 use crate::transport::protocol::RejectCode;
@@ -16,6 +17,7 @@ use super::rebuild::{rebuild, RebuildError};
 use super::spaces::Definition;
 use super::spaces::SpaceRegistry;
 use super::validate::{validate, validate_definition, Rejection};
+use super::workers::{IndexConfig, IndexWorkers, WorkerCounters};
 
 /// What defining a space explicitly did.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,9 +50,14 @@ pub enum EngineError {
     Wal(#[from] WalError),
     #[error(transparent)]
     Rebuild(#[from] RebuildError),
+    #[error("starting the index workers: {0}")]
+    Workers(std::io::Error),
 }
 
 pub struct Engine {
+    // Before the log: dropping the engine stops the workers, then closes the log.
+    workers: IndexWorkers,
+    indexes: Arc<SpaceIndexes>,
     wal: Wal,
     dedupe: Arc<DedupeIndex>,
     spaces: SpaceRegistry,
@@ -59,11 +66,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Recovers the log in `data_dir` and rebuilds which observations it holds.
+    /// Recovers the log in `data_dir`, rebuilds which observations it holds and starts
+    /// the index workers on it.
     pub fn open(
         data_dir: &Path,
         wal_config: WalConfig,
         limits: IngestLimits,
+        index: IndexConfig,
     ) -> Result<Engine, EngineError> {
         let wal = Wal::open(wal_dir(data_dir), wal_config)?;
         let dedupe = Arc::new(DedupeIndex::default());
@@ -74,7 +83,13 @@ impl Engine {
             spaces = spaces.len(),
             "rebuilt ingest state from the log"
         );
+        let indexes = Arc::new(SpaceIndexes::new(index.params, index.workers));
+        let reader = wal.reader();
+        let workers = IndexWorkers::start(&reader, indexes.clone(), reader.oldest_lsn())
+            .map_err(EngineError::Workers)?;
         Ok(Engine {
+            workers,
+            indexes,
             wal,
             dedupe,
             spaces,
@@ -83,9 +98,64 @@ impl Engine {
         })
     }
 
-    /// Waits until everything appended is durable, then closes the log.
+    /// Stops the index workers, waits until everything appended is durable, then closes
+    /// the log.
     pub fn close(self) -> Result<(), WalError> {
+        drop(self.workers);
         self.wal.close()
+    }
+
+    /// The k nearest observations of a space (src/index/recall.rs). Runs on the calling
+    /// thread: async callers use `spawn_blocking`.
+    pub fn recall(&self, query: &RecallQuery) -> Result<Recalled, RecallError> {
+        recall(
+            &self.indexes,
+            self.spaces.shape(&query.space),
+            &self.wal.reader(),
+            query,
+        )
+    }
+
+    /// The embedding stored with (space, id): from the index, or from the log if it is
+    /// not indexed yet.
+    pub fn embedding_of(&self, space: &str, id: &str) -> Result<Vec<f32>, RecallError> {
+        if self.spaces.shape(space).is_none() {
+            return Err(RecallError::UnknownSpace {
+                space: space.to_owned(),
+            });
+        }
+        let unknown = || RecallError::UnknownId {
+            space: space.to_owned(),
+            id: id.to_owned(),
+        };
+        if let Some(index) = self.indexes.get(space) {
+            if let Some(key) = index.key_of(id) {
+                let mut vector = vec![0f32; index.dim() as usize];
+                if index.graph().vector(key, &mut vector) {
+                    return Ok(vector);
+                }
+            }
+        }
+        let lsn = self.dedupe.durable(space, id).ok_or_else(unknown)?;
+        let record = self
+            .wal
+            .reader()
+            .cursor(lsn)
+            .read_next()?
+            .ok_or_else(unknown)?;
+        let obs = Observation::view(record.payload()).map_err(|e| RecallError::BadRecord {
+            lsn,
+            reason: e.to_string(),
+        })?;
+        Ok(obs.embedding().into_owned())
+    }
+
+    pub fn indexes(&self) -> &Arc<SpaceIndexes> {
+        &self.indexes
+    }
+
+    pub fn index_counters(&self) -> &WorkerCounters {
+        self.workers.counters()
     }
 
     pub fn limits(&self) -> &IngestLimits {

@@ -9,6 +9,7 @@ pub mod load;
 pub mod rebuild;
 pub mod spaces;
 pub mod validate;
+pub mod workers;
 
 pub use dedupe::{DedupeIndex, Reservation};
 pub use engine::{Defined, Engine, EngineError, Handled, SubmittedBatch};
@@ -17,3 +18,4 @@ pub use load::{LoadPermit, Overloaded, ServerLoad};
 pub use rebuild::{rebuild, RebuildError};
 pub use spaces::SpaceRegistry;
 pub use validate::{validate, Rejection};
+pub use workers::{IndexConfig, IndexWorkers};

@@ -151,6 +151,11 @@ impl SpaceRegistry {
         self.read().get(space).map(|s| s.dim)
     }
 
+    /// The space's dimension and metric, if it exists.
+    pub fn shape(&self, space: &str) -> Option<(u32, Metric)> {
+        self.read().get(space).map(|s| (s.dim, s.metric))
+    }
+
     /// Every space, by name.
     pub fn summaries(&self) -> Vec<SpaceSummary> {
         let mut all: Vec<SpaceSummary> = self

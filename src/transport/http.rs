@@ -1,5 +1,6 @@
-//! HTTP: GET /health (the process is alive) and GET /ready (recovery is done and the log
-//! accepts writes). /metrics joins with the observability issue.
+//! HTTP: GET /health (the process is alive), GET /ready (recovery is done and the log
+//! accepts writes) and GET /stats (the log and the indexes, as JSON). /metrics joins with
+//! the observability issue.
 
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -28,11 +29,54 @@ pub fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/stats", get(stats))
         .with_state(readiness)
 }
 
 async fn health() -> Json<serde_json::Value> {
     Json(json!({ "status": "live" }))
+}
+
+async fn stats(State(readiness): State<Readiness>) -> (StatusCode, Json<serde_json::Value>) {
+    let Some(engine) = readiness.engine.get().and_then(Weak::upgrade) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "reason": "recovering the log" })),
+        );
+    };
+    let counters = engine.index_counters();
+    let indexes = engine.indexes();
+    let spaces: Vec<_> = indexes
+        .all()
+        .iter()
+        .map(|s| {
+            json!({
+                "space": s.name(),
+                "dimension": s.dim(),
+                "metric": s.metric(),
+                "indexed": s.len(),
+                "indexed_lsn": s.progress().indexed_lsn(),
+            })
+        })
+        .collect();
+    let workers: Vec<_> = (0..indexes.workers())
+        .map(|w| indexes.worker_progress(w).indexed_lsn())
+        .collect();
+    let load = std::sync::atomic::Ordering::Relaxed;
+    (
+        StatusCode::OK,
+        Json(json!({
+            "wal": engine.wal().stats(),
+            "index": {
+                "params": indexes.params(),
+                "workers_indexed_lsn": workers,
+                "inserted": counters.inserted.load(load),
+                "panics": counters.panics.load(load),
+                "duplicates": counters.duplicates.load(load),
+                "spaces": spaces,
+            },
+        })),
+    )
 }
 
 async fn ready(State(readiness): State<Readiness>) -> (StatusCode, Json<serde_json::Value>) {

@@ -82,6 +82,7 @@ impl WalReader {
     }
 }
 
+#[derive(Clone)]
 pub struct RecordCursor {
     shared: Arc<Shared>,
     segment: Option<Arc<Segment>>,

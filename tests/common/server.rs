@@ -25,6 +25,16 @@ impl Server {
 
     /// Starts `engram serve` on `addr` and waits for "engram is up".
     pub fn start_at(data_dir: &Path, addr: &str, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, addr, extra, &[])
+    }
+
+    /// `start_at` with extra environment variables (test faults).
+    pub fn start_with_env(
+        data_dir: &Path,
+        addr: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
             .args([
                 "serve",
@@ -40,6 +50,7 @@ impl Server {
                 "RUST_LOG",
                 std::env::var("ENGRAM_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -109,7 +120,10 @@ impl Server {
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
-            .expect("an HTTP status");
+            .unwrap_or_else(|| {
+                let log: Vec<String> = self.log.try_iter().collect();
+                panic!("no HTTP status in {response:?}; server log: {log:#?}")
+            });
         let body = response
             .split("\r\n\r\n")
             .nth(1)

@@ -7,9 +7,14 @@ use super::wire::{set_frame_length, Reader, Writer};
 use crate::space::Metric;
 
 use super::{
-    DefineOutcome, Frame, FrameType, Limits, LoadState, ObserveFrame, ProtocolError, SpaceEntry,
-    CHECK_IDS_MAX, FRAME_HEADER_BYTES,
+    ConsistencyCode, DefineOutcome, Frame, FrameType, Limits, LoadState, ObserveFrame,
+    ProtocolError, RecallStatus, SpaceEntry, CHECK_IDS_MAX, FRAME_HEADER_BYTES,
 };
+use crate::index::{Consistency, RecallHit};
+use crate::wal::Lsn;
+
+/// Bytes of a recall hit besides its id and text: lsn, score, when, confidence, lengths.
+pub const RECALL_HIT_FIXED_BYTES: usize = 8 + 4 + 8 + 4 + 2 + 4;
 
 impl Frame {
     pub fn frame_type(&self) -> FrameType {
@@ -29,6 +34,8 @@ impl Frame {
             Frame::SpaceList { .. } => FrameType::SpaceList,
             Frame::CheckResult { .. } => FrameType::CheckResult,
             Frame::SpaceDefined { .. } => FrameType::SpaceDefined,
+            Frame::Recall { .. } => FrameType::Recall,
+            Frame::RecallResult { .. } => FrameType::RecallResult,
         }
     }
 
@@ -161,6 +168,53 @@ impl Frame {
                 w.u32(*retry_after_ms);
             }
             Frame::ServerGoodbye { last_acked_seq } => w.u64(*last_acked_seq),
+            Frame::Recall {
+                request_id,
+                space,
+                k,
+                ef,
+                consistency,
+                query_id,
+                embedding,
+            } => {
+                w.u64(*request_id);
+                w.str8(space);
+                w.u16(*k);
+                w.u16(*ef);
+                let (code, as_of) = match consistency {
+                    Consistency::ReadYourWrites => (ConsistencyCode::ReadYourWrites, 0),
+                    Consistency::AsOf(lsn) => (ConsistencyCode::AsOf, lsn.0),
+                    Consistency::Eventual => (ConsistencyCode::Eventual, 0),
+                };
+                w.u8(code as u8);
+                w.u64(as_of);
+                w.str16(query_id);
+                w.u32(u32::try_from(embedding.len()).expect("dimension fits u32"));
+                w.f32s(embedding);
+            }
+            Frame::RecallResult {
+                request_id,
+                status,
+                message,
+                as_of_lsn,
+                more,
+                hits,
+            } => {
+                w.u64(*request_id);
+                w.u16(*status as u16);
+                w.str16(message);
+                w.u64(*as_of_lsn);
+                w.u8(u8::from(*more));
+                w.u16(u16::try_from(hits.len()).expect("hit count fits u16"));
+                for hit in hits {
+                    w.u64(hit.lsn.0);
+                    w.f32(hit.score);
+                    w.u64(hit.when_unix_ns as u64);
+                    w.f32(hit.confidence);
+                    w.str16(&hit.id);
+                    w.str32(&hit.what);
+                }
+            }
             Frame::Error { code, message } => {
                 w.u16(*code);
                 w.str16(message);
@@ -397,6 +451,80 @@ fn decode_body(kind: FrameType, r: &mut Reader<'_>) -> Result<Frame, ProtocolErr
                 request_id,
                 durable_lsn,
                 spaces,
+            }
+        }
+        FrameType::Recall => {
+            let request_id = r.u64("request_id")?;
+            let space = r.str8("space")?;
+            let k = r.u16("k")?;
+            let ef = r.u16("ef")?;
+            let code = r.u8("consistency")?;
+            let as_of = r.u64("as_of_lsn")?;
+            let consistency = match code {
+                c if c == ConsistencyCode::ReadYourWrites as u8 => Consistency::ReadYourWrites,
+                c if c == ConsistencyCode::AsOf as u8 => Consistency::AsOf(Lsn(as_of)),
+                c if c == ConsistencyCode::Eventual as u8 => Consistency::Eventual,
+                other => {
+                    return Err(ProtocolError::InvalidValue {
+                        field: "consistency",
+                        value: other.into(),
+                    })
+                }
+            };
+            let query_id = r.str16("query_id")?;
+            let dim = r.u32("dim")? as usize;
+            r.expect_at_least(dim.saturating_mul(4), "embedding")?;
+            let embedding = r.f32s(dim, "embedding")?;
+            Frame::Recall {
+                request_id,
+                space,
+                k,
+                ef,
+                consistency,
+                query_id,
+                embedding,
+            }
+        }
+        FrameType::RecallResult => {
+            let request_id = r.u64("request_id")?;
+            let raw = r.u16("status")?;
+            let status = RecallStatus::from_u16(raw).ok_or(ProtocolError::InvalidValue {
+                field: "status",
+                value: raw.into(),
+            })?;
+            let message = r.str16("message")?;
+            let as_of_lsn = r.u64("as_of_lsn")?;
+            let more = match r.u8("more")? {
+                0 => false,
+                1 => true,
+                other => {
+                    return Err(ProtocolError::InvalidValue {
+                        field: "more",
+                        value: other.into(),
+                    })
+                }
+            };
+            let count = r.u16("count")? as usize;
+            r.expect_at_least(count * RECALL_HIT_FIXED_BYTES, "hits")?;
+            let hits = (0..count)
+                .map(|_| {
+                    Ok(RecallHit {
+                        lsn: Lsn(r.u64("lsn")?),
+                        score: r.f32("score")?,
+                        when_unix_ns: r.u64("when_unix_ns")? as i64,
+                        confidence: r.f32("confidence")?,
+                        id: r.str16("id")?,
+                        what: r.str32("what")?,
+                    })
+                })
+                .collect::<Result<_, ProtocolError>>()?;
+            Frame::RecallResult {
+                request_id,
+                status,
+                message,
+                as_of_lsn,
+                more,
+                hits,
             }
         }
         FrameType::CheckResult => {

@@ -11,11 +11,14 @@
 
 use std::fmt;
 
+use crate::index::{Consistency, RecallHit};
 use crate::observation::Observation;
 use crate::space::Metric;
 
 mod codec;
 mod wire;
+
+pub use codec::RECALL_HIT_FIXED_BYTES;
 
 /// Negotiated in QUIC with ALPN.
 pub const ALPN: &[u8] = b"engram/1";
@@ -26,7 +29,7 @@ pub const FRAME_BYTES_MAX_DEFAULT: u32 = 1 << 20;
 pub const RESUME_TOKEN_BYTES: usize = 16;
 
 /// Frame type codes: client to server below 0x40, server to client from 0x40.
-/// 0x10..0x1F and 0x50..0x5F are kept for recall (issue 4).
+/// 0x10..0x1F and 0x50..0x5F are for recall.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FrameType {
@@ -36,6 +39,7 @@ pub enum FrameType {
     ListSpaces = 0x04,
     CheckIds = 0x05,
     CreateSpace = 0x06,
+    Recall = 0x10,
     Welcome = 0x41,
     Ack = 0x42,
     Reject = 0x43,
@@ -45,6 +49,7 @@ pub enum FrameType {
     SpaceList = 0x47,
     CheckResult = 0x48,
     SpaceDefined = 0x49,
+    RecallResult = 0x50,
 }
 
 impl FrameType {
@@ -56,6 +61,7 @@ impl FrameType {
             0x04 => FrameType::ListSpaces,
             0x05 => FrameType::CheckIds,
             0x06 => FrameType::CreateSpace,
+            0x10 => FrameType::Recall,
             0x41 => FrameType::Welcome,
             0x42 => FrameType::Ack,
             0x43 => FrameType::Reject,
@@ -65,6 +71,7 @@ impl FrameType {
             0x47 => FrameType::SpaceList,
             0x48 => FrameType::CheckResult,
             0x49 => FrameType::SpaceDefined,
+            0x50 => FrameType::RecallResult,
             _ => return None,
         })
     }
@@ -161,6 +168,18 @@ pub enum Frame {
         space: String,
         ids: Vec<String>,
     },
+    /// The `k` observations of `space` nearest to `embedding`, or (with `query_id` not
+    /// empty and no embedding) to the stored observation `query_id`'s own embedding
+    /// (RecallResult). `ef`: a wider search beam than the server's, 0 for its own.
+    Recall {
+        request_id: u64,
+        space: String,
+        k: u16,
+        ef: u16,
+        consistency: Consistency,
+        query_id: String,
+        embedding: Vec<f32>,
+    },
     Welcome {
         session_id: u64,
         resume_token: [u8; RESUME_TOKEN_BYTES],
@@ -213,6 +232,59 @@ pub enum Frame {
         code: u16,
         message: String,
     },
+    /// Results of a Recall, best first, possibly over several frames: every frame but
+    /// the last has `more` set. On failure one frame with `status` not Ok, and `message`
+    /// says why.
+    RecallResult {
+        request_id: u64,
+        status: RecallStatus,
+        message: String,
+        /// The results reflect every observation of the space up to this LSN.
+        as_of_lsn: u64,
+        more: bool,
+        hits: Vec<RecallHit>,
+    },
+}
+
+/// RecallResult.status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum RecallStatus {
+    Ok = 0,
+    UnknownSpace = 1,
+    DimensionMismatch = 2,
+    /// k, ef or the embedding is out of range.
+    InvalidQuery = 3,
+    /// AsOf an LSN that is not durable yet.
+    FutureLsn = 4,
+    /// The server could not read its log or index; see the message.
+    Failed = 5,
+    /// Recall by id: no observation with that id is stored in the space.
+    UnknownId = 6,
+}
+
+impl RecallStatus {
+    fn from_u16(v: u16) -> Option<RecallStatus> {
+        Some(match v {
+            0 => RecallStatus::Ok,
+            1 => RecallStatus::UnknownSpace,
+            2 => RecallStatus::DimensionMismatch,
+            3 => RecallStatus::InvalidQuery,
+            4 => RecallStatus::FutureLsn,
+            5 => RecallStatus::Failed,
+            6 => RecallStatus::UnknownId,
+            _ => return None,
+        })
+    }
+}
+
+/// Recall.consistency on the wire: a code, then the AsOf LSN (0 for the others).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConsistencyCode {
+    ReadYourWrites = 0,
+    AsOf = 1,
+    Eventual = 2,
 }
 
 /// SpaceDefined.outcome.

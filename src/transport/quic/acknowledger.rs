@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use super::recall::answer_recall;
 use super::session::{BatchOutcome, SessionError, Work};
 use super::{SessionTable, Token};
+use crate::index::RecallQuery;
 use crate::ingest::{Defined, Engine, EngineError, Handled, ServerLoad};
 use crate::transport::framed::write_frames;
 use crate::transport::protocol::{DefineOutcome, ErrorCode, Frame, LoadState, SpaceEntry};
@@ -145,6 +147,26 @@ pub(super) async fn acknowledge(
                 });
                 write_frames(&mut ack.send, &frames).await?;
                 ack.sessions.acked(&ack.token, ack.last_acked);
+            }
+            Work::Request(Frame::Recall {
+                request_id,
+                space,
+                k,
+                ef,
+                consistency,
+                query_id,
+                embedding,
+            }) => {
+                let query = RecallQuery {
+                    space,
+                    embedding,
+                    k: k.into(),
+                    ef: (ef > 0).then_some(ef.into()),
+                    consistency,
+                };
+                let query_id = (!query_id.is_empty()).then_some(query_id);
+                let frames = answer_recall(ack.engine.clone(), request_id, query, query_id).await;
+                write_frames(&mut ack.send, &frames).await?;
             }
             Work::Request(request) => match answer(&ack.engine, request).await {
                 Ok(answer) => write_frames(&mut ack.send, &[answer]).await?,

@@ -4,6 +4,7 @@
 //! answers them in order.
 
 mod acknowledger;
+mod recall;
 mod session;
 
 use session::run_session;

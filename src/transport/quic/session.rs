@@ -43,7 +43,7 @@ pub(super) enum Work {
         /// Set when the server refused the whole batch: the client retries after this.
         overloaded: Option<Overloaded>,
     },
-    /// A ListSpaces or CheckIds frame to answer.
+    /// A request frame to answer (ListSpaces, CheckIds, CreateSpace, Recall).
     Request(Frame),
     Goodbye,
     Error(ErrorCode, String),
@@ -239,7 +239,8 @@ async fn read_observations(
             Some(Some(
                 request @ (Frame::ListSpaces { .. }
                 | Frame::CheckIds { .. }
-                | Frame::CreateSpace { .. }),
+                | Frame::CreateSpace { .. }
+                | Frame::Recall { .. }),
             )) => {
                 // Answered by the acknowledger in turn: after every observation sent
                 // before it is acknowledged, so a session reads its own writes.

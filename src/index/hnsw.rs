@@ -1,0 +1,301 @@
+//! The HNSW graph behind the `VectorIndex` trait, on usearch (chosen by benches/
+//! index_candidates.rs; docs/architecture.md says why).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, RwLock};
+
+use super::{IndexError, IndexParams, VectorIndex};
+use crate::space::Metric;
+
+/// Capacity a new graph reserves; it doubles as it fills.
+const INITIAL_CAPACITY: usize = 1024;
+
+/// usearch keeps one search context per concurrent caller and must never be entered by
+/// more callers than it reserved contexts for: this bounds them.
+struct CallerSlots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+struct SlotGuard<'a>(&'a CallerSlots);
+
+impl CallerSlots {
+    fn new(slots: usize) -> CallerSlots {
+        CallerSlots {
+            free: Mutex::new(slots),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn take(&self) -> SlotGuard<'_> {
+        let mut free = self.free.lock().expect("slot lock");
+        while *free == 0 {
+            free = self.freed.wait(free).expect("slot lock");
+        }
+        *free -= 1;
+        SlotGuard(self)
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().expect("slot lock") += 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// One space's graph. Inserts and searches run concurrently; growing the capacity takes
+/// the graph for itself for a moment.
+pub struct Hnsw {
+    graph: RwLock<usearch::Index>,
+    /// Vectors inserted or being inserted: an insert claims its place before it starts,
+    /// so concurrent inserters never pass the reserved capacity.
+    claimed: AtomicUsize,
+    slots: CallerSlots,
+    slot_count: usize,
+    metric: Metric,
+}
+
+fn options(dim: u32, metric: Metric, params: &IndexParams) -> usearch::IndexOptions {
+    usearch::IndexOptions {
+        dimensions: dim as usize,
+        metric: match metric {
+            Metric::Cosine => usearch::MetricKind::Cos,
+            Metric::L2 => usearch::MetricKind::L2sq,
+            Metric::Dot => usearch::MetricKind::IP,
+        },
+        quantization: usearch::ScalarKind::F32,
+        connectivity: params.m,
+        expansion_add: params.ef_construction,
+        expansion_search: params.ef_search,
+        multi: false,
+    }
+}
+
+fn slot_count() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2 + 16
+}
+
+impl Hnsw {
+    pub fn new(dim: u32, metric: Metric, params: &IndexParams) -> Result<Hnsw, IndexError> {
+        let graph = usearch::Index::new(&options(dim, metric, params)).map_err(library)?;
+        let slot_count = slot_count();
+        graph
+            .reserve_capacity_and_threads(INITIAL_CAPACITY, slot_count)
+            .map_err(library)?;
+        Ok(Hnsw {
+            graph: RwLock::new(graph),
+            claimed: AtomicUsize::new(0),
+            slots: CallerSlots::new(slot_count),
+            slot_count,
+            metric,
+        })
+    }
+
+    /// Loads a graph `save` wrote.
+    pub fn load(
+        path: &Path,
+        dim: u32,
+        metric: Metric,
+        params: &IndexParams,
+    ) -> Result<Hnsw, IndexError> {
+        let hnsw = Hnsw::new(dim, metric, params)?;
+        {
+            let graph = hnsw.graph.write().expect("graph lock");
+            graph.load(&path_str(path)?).map_err(library)?;
+            if graph.dimensions() != dim as usize {
+                return Err(IndexError::Library(format!(
+                    "{} holds {}-dimensional vectors, not {dim}",
+                    path.display(),
+                    graph.dimensions()
+                )));
+            }
+            let size = graph.size();
+            graph
+                .reserve_capacity_and_threads((size * 2).max(INITIAL_CAPACITY), hnsw.slot_count)
+                .map_err(library)?;
+            hnsw.claimed.store(size, Ordering::Release);
+        }
+        Ok(hnsw)
+    }
+
+    /// Converts usearch's distance into the score `Scorer` computes.
+    fn score(&self, distance: f32) -> f32 {
+        match self.metric {
+            Metric::Cosine | Metric::Dot => 1.0 - distance,
+            Metric::L2 => -distance.max(0.0).sqrt(),
+        }
+    }
+
+    fn grow(&self, needed: usize) -> Result<(), IndexError> {
+        let graph = self.graph.write().expect("graph lock");
+        let capacity = graph.capacity();
+        if needed > capacity {
+            let target = needed.max(capacity * 2);
+            graph
+                .reserve_capacity_and_threads(target, self.slot_count)
+                .map_err(library)?;
+        }
+        Ok(())
+    }
+}
+
+impl VectorIndex for Hnsw {
+    fn insert(&self, key: u64, vector: &[f32]) -> Result<(), IndexError> {
+        let place = self.claimed.fetch_add(1, Ordering::AcqRel) + 1;
+        loop {
+            {
+                let graph = self.graph.read().expect("graph lock");
+                if place <= graph.capacity() {
+                    let _slot = self.slots.take();
+                    return graph.add(key, vector).map_err(|e| {
+                        self.claimed.fetch_sub(1, Ordering::AcqRel);
+                        library(e)
+                    });
+                }
+            }
+            if let Err(e) = self.grow(place) {
+                self.claimed.fetch_sub(1, Ordering::AcqRel);
+                return Err(e);
+            }
+        }
+    }
+
+    fn search(
+        &self,
+        query: &[f32],
+        count: usize,
+        filter: Option<&(dyn Fn(u64) -> bool + Sync)>,
+    ) -> Result<Vec<(u64, f32)>, IndexError> {
+        let graph = self.graph.read().expect("graph lock");
+        let _slot = self.slots.take();
+        let matches = match filter {
+            Some(keep) => graph.filtered_search(query, count, keep),
+            None => graph.search(query, count),
+        }
+        .map_err(library)?;
+        Ok(matches
+            .keys
+            .into_iter()
+            .zip(matches.distances)
+            .map(|(key, distance)| (key, self.score(distance)))
+            .collect())
+    }
+
+    fn vector(&self, key: u64, out: &mut [f32]) -> bool {
+        let graph = self.graph.read().expect("graph lock");
+        let _slot = self.slots.take();
+        matches!(graph.get(key, out), Ok(1))
+    }
+
+    fn contains(&self, key: u64) -> bool {
+        self.graph.read().expect("graph lock").contains(key)
+    }
+
+    fn len(&self) -> usize {
+        self.graph.read().expect("graph lock").size()
+    }
+
+    fn save(&self, path: &Path) -> Result<(), IndexError> {
+        let graph = self.graph.read().expect("graph lock");
+        let _slot = self.slots.take();
+        graph.save(&path_str(path)?).map_err(library)
+    }
+}
+
+fn library(e: impl std::fmt::Display) -> IndexError {
+    IndexError::Library(e.to_string())
+}
+
+fn path_str(path: &Path) -> Result<String, IndexError> {
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| IndexError::Library(format!("{} is not UTF-8", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::distance::Scorer;
+
+    fn vectors(n: usize, dim: usize) -> Vec<Vec<f32>> {
+        let mut rng = rand::rng();
+        (0..n)
+            .map(|_| {
+                (0..dim)
+                    .map(|_| rand::Rng::random::<f32>(&mut rng) - 0.5)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn grows_past_its_first_capacity_from_many_threads_and_finds_each_vector() {
+        for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
+            let data = vectors(3 * INITIAL_CAPACITY, 16);
+            let hnsw = Hnsw::new(16, metric, &IndexParams::default()).unwrap();
+            std::thread::scope(|s| {
+                for part in 0..4 {
+                    let (hnsw, data) = (&hnsw, &data);
+                    s.spawn(move || {
+                        for (key, v) in data.iter().enumerate().skip(part).step_by(4) {
+                            hnsw.insert(key as u64, v).unwrap();
+                        }
+                    });
+                }
+            });
+            assert_eq!(hnsw.len(), data.len());
+            let mut found_self = 0;
+            for (key, v) in data.iter().enumerate().step_by(97) {
+                let hits = hnsw.search(v, 10, None).unwrap();
+                let (top, score) = hits[0];
+                if top == key as u64 {
+                    found_self += 1;
+                }
+                let exact = Scorer::new(metric, v).score(&data[top as usize]);
+                assert!(
+                    (exact - score).abs() < 1e-3,
+                    "{metric:?}: {exact} vs {score}"
+                );
+            }
+            // Dot has no "self is nearest" guarantee; cosine and L2 do.
+            if metric != Metric::Dot {
+                assert!(found_self >= 30, "{metric:?}: {found_self} of 32");
+            }
+        }
+    }
+
+    #[test]
+    fn a_filter_keeps_results_to_the_keys_it_allows() {
+        let data = vectors(500, 8);
+        let hnsw = Hnsw::new(8, Metric::Cosine, &IndexParams::default()).unwrap();
+        for (key, v) in data.iter().enumerate() {
+            hnsw.insert(key as u64, v).unwrap();
+        }
+        let even = |key: u64| key % 2 == 0;
+        let hits = hnsw.search(&data[1], 10, Some(&even)).unwrap();
+        assert_eq!(hits.len(), 10);
+        assert!(hits.iter().all(|(key, _)| key % 2 == 0), "{hits:?}");
+    }
+
+    #[test]
+    fn saved_graphs_load_with_every_vector() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vectors(200, 8);
+        let hnsw = Hnsw::new(8, Metric::L2, &IndexParams::default()).unwrap();
+        for (key, v) in data.iter().enumerate() {
+            hnsw.insert(key as u64, v).unwrap();
+        }
+        let path = dir.path().join("g.usearch");
+        hnsw.save(&path).unwrap();
+        let loaded = Hnsw::load(&path, 8, Metric::L2, &IndexParams::default()).unwrap();
+        assert_eq!(loaded.len(), 200);
+        let mut v = vec![0f32; 8];
+        assert!(loaded.vector(17, &mut v));
+        assert_eq!(v, data[17]);
+        loaded.insert(200, &data[0]).unwrap();
+        assert_eq!(loaded.len(), 201);
+        assert!(Hnsw::load(&path, 9, Metric::L2, &IndexParams::default()).is_err());
+    }
+}

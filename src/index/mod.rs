@@ -1,0 +1,70 @@
+//! One HNSW index per memory space, and recall over it.
+//!
+//! The ingest workers (src/ingest/workers.rs) insert the durable log's observations;
+//! `recall` answers queries from the graph merged with an exact scan of the records that
+//! are durable but not yet indexed, so a client reads its own acknowledged writes.
+
+pub mod distance;
+mod hnsw;
+pub mod recall;
+pub mod space_index;
+
+use std::path::Path;
+
+pub use distance::Scorer;
+pub use hnsw::Hnsw;
+pub use recall::{recall, Consistency, RecallError, RecallHit, RecallQuery, Recalled};
+pub use space_index::{Admission, IndexedEntry, SpaceIndex, SpaceIndexes};
+
+/// The graph parameters every space's index is built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct IndexParams {
+    /// Links per node (2 * m on the bottom layer): more is better recall, more memory.
+    pub m: usize,
+    /// The candidate list while inserting: more is a better graph, slower inserts.
+    pub ef_construction: usize,
+    /// The candidate list while searching, at least k: more is better recall, slower.
+    pub ef_search: usize,
+}
+
+pub const M_DEFAULT: usize = 16;
+pub const EF_CONSTRUCTION_DEFAULT: usize = 200;
+pub const EF_SEARCH_DEFAULT: usize = 64;
+
+impl Default for IndexParams {
+    fn default() -> IndexParams {
+        IndexParams {
+            m: M_DEFAULT,
+            ef_construction: EF_CONSTRUCTION_DEFAULT,
+            ef_search: EF_SEARCH_DEFAULT,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("the HNSW library failed: {0}")]
+    Library(String),
+}
+
+/// An approximate nearest-neighbour index over vectors named by `u64` keys. Scores are
+/// higher for closer vectors, as `Scorer` computes them.
+pub trait VectorIndex: Send + Sync {
+    /// Adds `vector` under `key`; safe to call from many threads at once.
+    fn insert(&self, key: u64, vector: &[f32]) -> Result<(), IndexError>;
+    /// The `count` best keys and their scores, best first; only keys `filter` keeps.
+    fn search(
+        &self,
+        query: &[f32],
+        count: usize,
+        filter: Option<&(dyn Fn(u64) -> bool + Sync)>,
+    ) -> Result<Vec<(u64, f32)>, IndexError>;
+    /// Copies the vector stored under `key` into `out`; false if there is none.
+    fn vector(&self, key: u64, out: &mut [f32]) -> bool;
+    fn contains(&self, key: u64) -> bool;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn save(&self, path: &Path) -> Result<(), IndexError>;
+}

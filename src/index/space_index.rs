@@ -1,0 +1,296 @@
+//! Each space's index: its HNSW graph, what each key stands for, and the progress of the
+//! worker that fills it.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use super::{Hnsw, IndexError, IndexParams, VectorIndex};
+use crate::space::Metric;
+use crate::wal::{Lsn, RecordCursor};
+
+/// What a stored observation's key stands for: recall answers with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexedEntry {
+    pub id: Arc<str>,
+    pub lsn: Lsn,
+    pub when_unix_ns: i64,
+    pub confidence: f32,
+    pub what: Box<str>,
+}
+
+/// What admitting an observation to its space's index found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// New: insert its vector under this key.
+    New(u64),
+    /// Admitted before but its vector never reached the graph (its worker was restarted
+    /// in between): insert it under this key.
+    Pending(u64),
+    /// This very record is in the graph already (a restarted worker reads it again).
+    Indexed,
+    /// The same id was stored earlier at another LSN (a crash can leave a key twice in the
+    /// log): the first stands, this one is not indexed.
+    Duplicate,
+}
+
+#[derive(Default)]
+pub(super) struct Entries {
+    pub by_key: Vec<IndexedEntry>,
+    by_id: HashMap<Arc<str>, u64>,
+}
+
+impl Entries {
+    pub fn get(&self, key: u64) -> Option<&IndexedEntry> {
+        self.by_key.get(key as usize)
+    }
+
+    pub fn key_of(&self, id: &str) -> Option<u64> {
+        self.by_id.get(id).copied()
+    }
+}
+
+/// How far one ingest worker has indexed its spaces.
+pub struct IndexProgress {
+    /// Every record of the worker's spaces up to this LSN is in their graphs.
+    indexed: AtomicU64,
+    /// Reads on from just after `indexed`: where a recall starts its scan of the
+    /// unindexed tail, and where the worker resumes after a panic.
+    resume: Mutex<Option<RecordCursor>>,
+}
+
+impl IndexProgress {
+    fn new() -> IndexProgress {
+        IndexProgress {
+            indexed: AtomicU64::new(0),
+            resume: Mutex::new(None),
+        }
+    }
+
+    pub fn indexed_lsn(&self) -> Lsn {
+        Lsn(self.indexed.load(Ordering::Acquire))
+    }
+
+    /// Everything the cursor has read past is indexed. Only the owning worker calls it,
+    /// with cursors that only move forward.
+    pub fn advance(&self, cursor: &RecordCursor) {
+        let indexed = cursor.next_lsn().prev();
+        let mut resume = self.resume.lock().expect("progress lock");
+        assert!(
+            indexed.0 >= self.indexed.load(Ordering::Acquire),
+            "the indexed LSN never goes back"
+        );
+        *resume = Some(cursor.clone());
+        self.indexed.store(indexed.0, Ordering::Release);
+    }
+
+    /// A cursor at the first record not yet indexed, if the worker has started.
+    pub fn resume_cursor(&self) -> Option<RecordCursor> {
+        self.resume.lock().expect("progress lock").clone()
+    }
+}
+
+/// One memory space's index.
+pub struct SpaceIndex {
+    name: String,
+    dim: u32,
+    metric: Metric,
+    graph: Box<dyn VectorIndex>,
+    entries: RwLock<Entries>,
+    progress: Arc<IndexProgress>,
+}
+
+impl SpaceIndex {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dim(&self) -> u32 {
+        self.dim
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    pub fn graph(&self) -> &dyn VectorIndex {
+        self.graph.as_ref()
+    }
+
+    pub fn progress(&self) -> &IndexProgress {
+        &self.progress
+    }
+
+    /// Observations in the graph.
+    pub fn len(&self) -> usize {
+        self.graph.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(super) fn entries(&self) -> RwLockReadGuard<'_, Entries> {
+        self.entries.read().expect("entries lock")
+    }
+
+    pub fn key_of(&self, id: &str) -> Option<u64> {
+        self.entries().key_of(id)
+    }
+
+    /// Gives the observation stored at `lsn` its key, once per id.
+    pub fn admit(
+        &self,
+        id: &str,
+        lsn: Lsn,
+        when_unix_ns: i64,
+        confidence: f32,
+        what: &str,
+    ) -> Admission {
+        let mut entries = self.entries.write().expect("entries lock");
+        if let Some(key) = entries.key_of(id) {
+            let entry = &entries.by_key[key as usize];
+            return if entry.lsn != lsn {
+                Admission::Duplicate
+            } else if self.graph.contains(key) {
+                Admission::Indexed
+            } else {
+                Admission::Pending(key)
+            };
+        }
+        let key = entries.by_key.len() as u64;
+        let id: Arc<str> = Arc::from(id);
+        entries.by_key.push(IndexedEntry {
+            id: id.clone(),
+            lsn,
+            when_unix_ns,
+            confidence,
+            what: what.into(),
+        });
+        entries.by_id.insert(id, key);
+        Admission::New(key)
+    }
+
+    pub fn insert(&self, key: u64, vector: &[f32]) -> Result<(), IndexError> {
+        assert_eq!(
+            vector.len(),
+            self.dim as usize,
+            "ingest checked the dimension"
+        );
+        self.graph.insert(key, vector)
+    }
+}
+
+/// Every space's index, and the progress of the workers they are partitioned over.
+pub struct SpaceIndexes {
+    params: IndexParams,
+    spaces: RwLock<HashMap<String, Arc<SpaceIndex>>>,
+    workers: Vec<Arc<IndexProgress>>,
+}
+
+impl SpaceIndexes {
+    pub fn new(params: IndexParams, workers: usize) -> SpaceIndexes {
+        assert!(workers > 0, "at least one index worker");
+        SpaceIndexes {
+            params,
+            spaces: RwLock::new(HashMap::new()),
+            workers: (0..workers)
+                .map(|_| Arc::new(IndexProgress::new()))
+                .collect(),
+        }
+    }
+
+    pub fn params(&self) -> &IndexParams {
+        &self.params
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The worker that indexes `space`: spaces are partitioned by a hash of the name, so
+    /// two workers never insert into one space.
+    pub fn owner(&self, space: &str) -> usize {
+        // SipHash with fixed keys: the same owner on every run.
+        let mut hasher = std::hash::DefaultHasher::new();
+        space.hash(&mut hasher);
+        (hasher.finish() % self.workers.len() as u64) as usize
+    }
+
+    pub fn worker_progress(&self, worker: usize) -> &Arc<IndexProgress> {
+        &self.workers[worker]
+    }
+
+    /// The progress of the worker that indexes `space`, whether or not it has seen it yet.
+    pub fn progress_of(&self, space: &str) -> &Arc<IndexProgress> {
+        &self.workers[self.owner(space)]
+    }
+
+    pub fn get(&self, space: &str) -> Option<Arc<SpaceIndex>> {
+        self.spaces.read().expect("spaces lock").get(space).cloned()
+    }
+
+    /// The space's index, made empty on first use.
+    pub fn get_or_create(
+        &self,
+        space: &str,
+        dim: u32,
+        metric: Metric,
+    ) -> Result<Arc<SpaceIndex>, IndexError> {
+        if let Some(index) = self.get(space) {
+            return Ok(index);
+        }
+        let mut spaces = self.spaces.write().expect("spaces lock");
+        if let Some(index) = spaces.get(space) {
+            return Ok(index.clone());
+        }
+        let index = Arc::new(SpaceIndex {
+            name: space.to_owned(),
+            dim,
+            metric,
+            graph: Box::new(Hnsw::new(dim, metric, &self.params)?),
+            entries: RwLock::new(Entries::default()),
+            progress: self.progress_of(space).clone(),
+        });
+        spaces.insert(space.to_owned(), index.clone());
+        Ok(index)
+    }
+
+    /// Every space's index, by name.
+    pub fn all(&self) -> Vec<Arc<SpaceIndex>> {
+        let mut all: Vec<_> = self
+            .spaces
+            .read()
+            .expect("spaces lock")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_admitted_once_and_its_first_lsn_stands() {
+        let indexes = SpaceIndexes::new(IndexParams::default(), 2);
+        let space = indexes.get_or_create("s", 2, Metric::L2).unwrap();
+        assert_eq!(space.admit("a", Lsn(1), 0, 1.0, "x"), Admission::New(0));
+        assert_eq!(space.admit("b", Lsn(2), 0, 1.0, "y"), Admission::New(1));
+        assert_eq!(space.admit("a", Lsn(1), 0, 1.0, "x"), Admission::Pending(0));
+        space.insert(0, &[1.0, 2.0]).unwrap();
+        assert_eq!(space.admit("a", Lsn(1), 0, 1.0, "x"), Admission::Indexed);
+        assert_eq!(space.admit("a", Lsn(9), 0, 1.0, "x"), Admission::Duplicate);
+        assert_eq!(space.key_of("b"), Some(1));
+        assert_eq!(space.entries().get(1).unwrap().lsn, Lsn(2));
+        assert!(Arc::ptr_eq(
+            &indexes.get_or_create("s", 2, Metric::L2).unwrap(),
+            &space
+        ));
+        assert!(indexes.owner("s") < 2);
+    }
+}

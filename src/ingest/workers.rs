@@ -1,0 +1,352 @@
+//! The durable-to-index dispatch: a pool of workers follows the log's durable LSN and
+//! inserts each new observation into its space's index.
+//!
+//! Spaces are partitioned over the workers by a hash of their name
+//! (`SpaceIndexes::owner`), so two workers never contend for one space. Every worker reads
+//! every record, in place from the log's mapping, and keeps its own. A batch is whatever
+//! is durable and unread, up to `BATCH_RECORDS_MAX`: small while the index keeps up, large
+//! when it lags. A batch with many inserts spreads them over every core (the graph takes
+//! concurrent inserts), so one hot space still uses the whole machine. A worker's indexed
+//! LSN passes a batch only once all of it is inserted.
+//!
+//! A panic while indexing is caught, logged and counted; the worker goes back to its
+//! indexed LSN and reads on from there. Keys already in the graph are recognised
+//! (`Admission::Indexed`), so nothing is indexed twice, and nothing is skipped.
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::JoinHandle;
+
+use rayon::prelude::*;
+use tokio::sync::watch;
+
+use crate::index::{Admission, IndexError, IndexParams, SpaceIndex, SpaceIndexes};
+use crate::observation::Observation;
+use crate::space::{Metric, SpaceDefinition};
+use crate::wal::{Lsn, Record, RecordCursor, RecordKind, WalError, WalReader};
+
+/// Records read (of every space) per batch at most.
+const BATCH_RECORDS_MAX: usize = 4096;
+/// Inserts in a batch from which they are spread over every core.
+const PARALLEL_INSERTS_MIN: usize = 32;
+
+/// How the index is built and by how many workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct IndexConfig {
+    pub workers: usize,
+    pub params: IndexParams,
+}
+
+impl Default for IndexConfig {
+    fn default() -> IndexConfig {
+        IndexConfig {
+            workers: default_workers(),
+            params: IndexParams::default(),
+        }
+    }
+}
+
+/// One per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Counters of the workers' work since start.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    /// Observations inserted into a graph.
+    pub inserted: AtomicU64,
+    /// Panics caught; each restarted its worker from its indexed LSN.
+    pub panics: AtomicU64,
+    /// Records left out because their (space, id) was stored earlier.
+    pub duplicates: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("the record at LSN {lsn} is not a valid {kind} record: {reason}")]
+    BadRecord {
+        lsn: Lsn,
+        kind: &'static str,
+        reason: String,
+    },
+}
+
+/// The running workers; dropping them stops them.
+pub struct IndexWorkers {
+    stop: watch::Sender<bool>,
+    handles: Vec<JoinHandle<()>>,
+    counters: Arc<WorkerCounters>,
+}
+
+impl IndexWorkers {
+    /// Starts one thread per worker of `indexes`, reading the log from `from`.
+    pub fn start(
+        reader: &WalReader,
+        indexes: Arc<SpaceIndexes>,
+        from: Lsn,
+    ) -> std::io::Result<IndexWorkers> {
+        let (stop, _) = watch::channel(false);
+        let counters = Arc::new(WorkerCounters::default());
+        let mut handles = Vec::new();
+        for worker in 0..indexes.workers() {
+            let cursor = reader.cursor(from);
+            indexes.worker_progress(worker).advance(&cursor);
+            let state = Worker {
+                worker,
+                cursor,
+                durable: reader.subscribe_durable(),
+                stop: stop.subscribe(),
+                indexes: indexes.clone(),
+                counters: counters.clone(),
+            };
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("engram-index-{worker}"))
+                    .spawn(move || state.run())?,
+            );
+        }
+        Ok(IndexWorkers {
+            stop,
+            handles,
+            counters,
+        })
+    }
+
+    pub fn counters(&self) -> &WorkerCounters {
+        &self.counters
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.send(true);
+        for handle in self.handles.drain(..) {
+            if handle.join().is_err() {
+                tracing::error!("an index worker thread died");
+            }
+        }
+    }
+}
+
+impl Drop for IndexWorkers {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Worker {
+    worker: usize,
+    cursor: RecordCursor,
+    durable: watch::Receiver<Lsn>,
+    stop: watch::Receiver<bool>,
+    indexes: Arc<SpaceIndexes>,
+    counters: Arc<WorkerCounters>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            if *self.stop.borrow() {
+                return;
+            }
+            let batch = match self.read_batch() {
+                Ok(batch) => batch,
+                Err(e) => {
+                    // Recovery checked the log; damage found now is new. Indexing stops
+                    // here, the lag grows and ingest is held back (Overloaded) instead of
+                    // silently skipping records.
+                    tracing::error!(worker = self.worker, error = %e,
+                        "an index worker cannot read the log; indexing stopped: run `engram-wal verify`");
+                    return;
+                }
+            };
+            let Some(batch) = batch else {
+                if !self.wait_for_durable() {
+                    return;
+                }
+                continue;
+            };
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.index(&batch)));
+            match outcome {
+                Ok(Ok(())) => self.progress().advance(&self.cursor),
+                Ok(Err(e)) => self.restart(&e.to_string()),
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("(no message)")
+                        .to_owned();
+                    self.restart(&message);
+                }
+            }
+        }
+    }
+
+    fn progress(&self) -> &crate::index::space_index::IndexProgress {
+        self.indexes.worker_progress(self.worker)
+    }
+
+    /// Goes back to the indexed LSN after a failed batch.
+    fn restart(&mut self, cause: &str) {
+        self.counters.panics.fetch_add(1, Ordering::Relaxed);
+        self.cursor = self
+            .progress()
+            .resume_cursor()
+            .expect("a started worker has a resume cursor");
+        tracing::error!(worker = self.worker, cause, from = %self.cursor.next_lsn(),
+            "an index worker failed a batch; it restarts from its indexed LSN");
+    }
+
+    /// The durable records not yet read that belong to this worker's spaces. `None` if
+    /// nothing new is durable. Records of other workers' spaces are read past.
+    fn read_batch(&mut self) -> Result<Option<Vec<Record>>, WalError> {
+        let start = self.cursor.next_lsn();
+        let mut mine = Vec::new();
+        for _ in 0..BATCH_RECORDS_MAX {
+            let Some(record) = self.cursor.read_next()? else {
+                break;
+            };
+            if self.indexes.owner(space_of(&record).unwrap_or_default()) == self.worker {
+                mine.push(record);
+            }
+        }
+        Ok((self.cursor.next_lsn() > start).then_some(mine))
+    }
+
+    /// Blocks until a record after the cursor is durable; false when told to stop.
+    fn wait_for_durable(&mut self) -> bool {
+        let next = self.cursor.next_lsn();
+        let (durable, stop) = (&mut self.durable, &mut self.stop);
+        block_on(async move {
+            tokio::select! {
+                grown = durable.wait_for(|&d| d >= next) => grown.is_ok(),
+                _ = stop.wait_for(|&s| s) => false,
+            }
+        })
+    }
+
+    fn index(&self, batch: &[Record]) -> Result<(), BatchError> {
+        let mut inserts: Vec<(Arc<SpaceIndex>, u64, &Record)> = Vec::new();
+        for record in batch {
+            match record.kind {
+                RecordKind::Space => {
+                    let def = SpaceDefinition::view(record.payload())
+                        .map_err(|e| bad(record, "space", e))?;
+                    self.indexes.get_or_create(
+                        def.name.as_str(),
+                        def.dim.to_native(),
+                        def.metric(),
+                    )?;
+                }
+                RecordKind::Observation => {
+                    let obs = Observation::view(record.payload())
+                        .map_err(|e| bad(record, "observation", e))?;
+                    // A space never defined takes the default metric.
+                    let space = self.indexes.get_or_create(
+                        obs.space.as_str(),
+                        obs.dimension() as u32,
+                        Metric::default(),
+                    )?;
+                    match space.admit(
+                        obs.id.as_str(),
+                        record.lsn,
+                        obs.when_unix_ns.to_native(),
+                        obs.confidence.to_native(),
+                        obs.what.as_str(),
+                    ) {
+                        Admission::New(key) | Admission::Pending(key) => {
+                            inserts.push((space, key, record))
+                        }
+                        Admission::Indexed => {}
+                        Admission::Duplicate => {
+                            self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        let insert = |(space, key, record): &(Arc<SpaceIndex>, u64, &Record)| {
+            fault::before_insert();
+            let obs = Observation::view(record.payload()).expect("viewed above");
+            space.insert(*key, &obs.embedding())?;
+            self.counters.inserted.fetch_add(1, Ordering::Relaxed);
+            Ok::<(), BatchError>(())
+        };
+        if inserts.len() >= PARALLEL_INSERTS_MIN {
+            inserts.par_iter().try_for_each(insert)
+        } else {
+            inserts.iter().try_for_each(insert)
+        }
+    }
+}
+
+fn bad(record: &Record, kind: &'static str, e: impl std::fmt::Display) -> BatchError {
+    BatchError::BadRecord {
+        lsn: record.lsn,
+        kind,
+        reason: e.to_string(),
+    }
+}
+
+/// The space a record belongs to; `None` for a record that names none (or is invalid:
+/// its owner reports that).
+fn space_of(record: &Record) -> Option<&str> {
+    match record.kind {
+        RecordKind::Observation => Observation::view(record.payload())
+            .ok()
+            .map(|o| o.space.as_str()),
+        RecordKind::Space => SpaceDefinition::view(record.payload())
+            .ok()
+            .map(|d| d.name.as_str()),
+    }
+}
+
+/// Runs a future to completion on this thread: the workers are plain threads that wait
+/// on the log's durable-LSN watch.
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
+/// A test fault: `ENGRAM_FAULT_INDEX_PANIC_AFTER=N` makes the N-th insert since start
+/// panic, once. Compiled only with the `fault-injection` feature.
+mod fault {
+    #[cfg(feature = "fault-injection")]
+    pub fn before_insert() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::OnceLock;
+        static PANIC_AT: OnceLock<Option<u64>> = OnceLock::new();
+        static INSERTS: AtomicU64 = AtomicU64::new(0);
+        let at = PANIC_AT.get_or_init(|| {
+            std::env::var("ENGRAM_FAULT_INDEX_PANIC_AFTER")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        });
+        if let Some(at) = *at {
+            if INSERTS.fetch_add(1, Ordering::Relaxed) + 1 == at {
+                panic!("injected index fault at insert {at}");
+            }
+        }
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    pub fn before_insert() {}
+}
