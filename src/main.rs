@@ -74,6 +74,11 @@ struct ServeArgs {
     /// Spaces the server keeps at most; an observation for one more is refused.
     #[arg(long, env = "ENGRAM_SPACES_MAX", default_value_t = engram::ingest::limits::SPACES_MAX_DEFAULT)]
     spaces_max: u32,
+    /// Records durable but not yet indexed, at most. Past 50% clients are told Warning;
+    /// past 75% sessions stop reading; at the bound batches are refused as Overloaded.
+    /// A read-your-writes recall scans these records, so the bound also bounds its cost.
+    #[arg(long, env = "ENGRAM_INDEX_LAG_MAX", default_value_t = engram::ingest::load::INDEX_LAG_MAX_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
+    index_lag_max: u64,
     /// Largest UDP payload path MTU discovery may raise QUIC packets to (1200-65527).
     /// Fewer, larger packets cost less per byte where the path carries them.
     #[arg(long, env = "ENGRAM_QUIC_UDP_PAYLOAD_MAX", default_value_t = engram::transport::endpoint::UDP_PAYLOAD_MAX_DEFAULT)]
@@ -178,6 +183,7 @@ struct ConfigFile {
     quic_udp_payload_max: Option<u16>,
     queue_bytes_max: Option<u64>,
     spaces_max: Option<u32>,
+    index_lag_max: Option<u64>,
     wal_segment_bytes: Option<u64>,
     wal_commit_window_us: Option<u64>,
     wal_commit_bytes_max: Option<u64>,
@@ -223,6 +229,7 @@ fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyhow::
     fill!(quic_udp_payload_max, anyhow::Ok);
     fill!(queue_bytes_max, anyhow::Ok);
     fill!(spaces_max, anyhow::Ok);
+    fill!(index_lag_max, anyhow::Ok);
     fill!(wal_segment_bytes, anyhow::Ok);
     fill!(wal_commit_window_us, anyhow::Ok);
     fill!(wal_commit_bytes_max, anyhow::Ok);
@@ -255,6 +262,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         inflight_bytes_max: args.inflight_bytes_max,
         queue_bytes_max: args.queue_bytes_max,
         spaces_max: args.spaces_max,
+        index_lag_max: args.index_lag_max.max(1),
         ..IngestLimits::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -5,49 +5,16 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use common::server::Server;
+use common::server::{space_stats, Server};
 use engram::client::{ClientError, Session};
 use engram::index::{Consistency, RecallQuery};
 use engram::synthetic::{embedding, observation, Distribution};
 use engram::transport::protocol::RecallStatus;
 use engram::wal::Lsn;
 
-/// Waits until every index worker has indexed the log up to its durable LSN; the /stats
-/// JSON then. Polls: the condition, not the time, decides.
 fn wait_indexed(server: &Server) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (status, body) = server.http_get("/stats");
-        assert_eq!(status, 200, "{body}");
-        let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let durable = stats["wal"]["durable_lsn"].as_u64().unwrap();
-        let indexed = stats["index"]["workers_indexed_lsn"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l.as_u64().unwrap())
-            .min()
-            .unwrap();
-        if indexed >= durable {
-            return stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not indexed after 120 s: {stats}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn space_stats<'a>(stats: &'a serde_json::Value, space: &str) -> &'a serde_json::Value {
-    stats["index"]["spaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["space"] == space)
-        .unwrap_or_else(|| panic!("no index for {space}: {stats}"))
+    server.wait_indexed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,16 +84,21 @@ impl Engine {
             "rebuilt ingest state from the log"
         );
         let indexes = Arc::new(SpaceIndexes::new(index.params, index.workers));
+        let load = Arc::new(ServerLoad::new(
+            limits.queue_bytes_max,
+            limits.index_lag_max,
+        ));
         let reader = wal.reader();
-        let workers = IndexWorkers::start(&reader, indexes.clone(), reader.oldest_lsn())
-            .map_err(EngineError::Workers)?;
+        let workers =
+            IndexWorkers::start(&reader, indexes.clone(), load.clone(), reader.oldest_lsn())
+                .map_err(EngineError::Workers)?;
         Ok(Engine {
             workers,
             indexes,
             wal,
             dedupe,
             spaces,
-            load: Arc::new(ServerLoad::new(limits.queue_bytes_max)),
+            load,
             limits,
         })
     }

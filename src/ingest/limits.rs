@@ -26,6 +26,9 @@ pub struct IngestLimits {
     /// Spaces the server keeps at most; an observation for one more is refused
     /// (TooManySpaces). Bounds the space table and keeps a SpaceList within one frame.
     pub spaces_max: u32,
+    /// Records durable but not yet indexed, at most (load.rs): past three quarters
+    /// sessions pause, at the bound batches are refused as Overloaded.
+    pub index_lag_max: u64,
 }
 
 impl Default for IngestLimits {
@@ -37,6 +40,7 @@ impl Default for IngestLimits {
             inflight_bytes_max: INFLIGHT_BYTES_MAX_DEFAULT,
             queue_bytes_max: super::load::QUEUE_BYTES_MAX_DEFAULT,
             spaces_max: SPACES_MAX_DEFAULT,
+            index_lag_max: super::load::INDEX_LAG_MAX_DEFAULT,
         }
     }
 }

@@ -13,6 +13,10 @@
 //!
 //! Overloaded happens when sessions that had already read a batch find the bound passed:
 //! their frames are dropped at once, so the server never holds more than the bound.
+//!
+//! The index lag (records durable but not yet indexed) maps to the same states against
+//! its own bound, and the server's state is the worse of the two: when the index falls
+//! behind, ingest slows to its pace, and the unindexed tail a recall scans stays bounded.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +28,8 @@ use super::validate::Rejection;
 use crate::transport::protocol::{LoadState, RejectCode};
 
 pub const QUEUE_BYTES_MAX_DEFAULT: u64 = 256 << 20;
+/// Records durable but not yet indexed, at most: a read-your-writes recall scans them.
+pub const INDEX_LAG_MAX_DEFAULT: u64 = 50_000;
 /// Bounds of the retry hint given with Overloaded.
 const RETRY_AFTER_MIN: Duration = Duration::from_millis(10);
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(5);
@@ -34,6 +40,8 @@ const RETRY_AFTER_UNMEASURED: Duration = Duration::from_millis(50);
 pub struct ServerLoad {
     queued: AtomicU64,
     queue_bytes_max: u64,
+    index_lag: AtomicU64,
+    index_lag_max: u64,
     state: watch::Sender<LoadState>,
     /// How long batches recently stayed queued (admitted to acknowledged), smoothed, in
     /// microseconds; 0 until the first one. The retry hint: one turn of the queue.
@@ -48,39 +56,57 @@ pub struct LoadPermit {
     admitted_at: Instant,
 }
 
-/// Admitting the batch would pass the bound.
+/// Which bound an Overloaded refusal hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverloadCause {
+    /// Admitting the batch would pass the commit queue's bound.
+    CommitQueue { queued: u64, queue_bytes_max: u64 },
+    /// The index is as far behind the log as it may be.
+    IndexLag { lag: u64, index_lag_max: u64 },
+}
+
+/// A batch the server refused, and when to retry it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Overloaded {
     pub retry_after: Duration,
-    pub queued: u64,
-    pub queue_bytes_max: u64,
+    pub cause: OverloadCause,
 }
 
 impl Overloaded {
     /// The Reject every observation of a refused batch gets.
     pub fn rejection(&self) -> Rejection {
+        let retry = self.retry_after.as_millis();
+        let (expected, got) = match self.cause {
+            OverloadCause::CommitQueue {
+                queued,
+                queue_bytes_max,
+            } => (
+                format!("room in the server's commit queue ({queue_bytes_max} bytes at most)"),
+                format!("{queued} bytes queued; retry after {retry} ms"),
+            ),
+            OverloadCause::IndexLag { lag, index_lag_max } => (
+                format!("an index at most {index_lag_max} records behind the log"),
+                format!("{lag} records not yet indexed; retry after {retry} ms"),
+            ),
+        };
         Rejection {
             code: RejectCode::Overloaded,
             field: "observation",
-            expected: format!(
-                "room in the server's commit queue ({} bytes at most)",
-                self.queue_bytes_max
-            ),
-            got: format!(
-                "{} bytes queued; retry after {} ms",
-                self.queued,
-                self.retry_after.as_millis()
-            ),
+            expected,
+            got,
         }
     }
 }
 
 impl ServerLoad {
-    pub fn new(queue_bytes_max: u64) -> ServerLoad {
+    pub fn new(queue_bytes_max: u64, index_lag_max: u64) -> ServerLoad {
         assert!(queue_bytes_max > 0, "the commit queue bound is positive");
+        assert!(index_lag_max > 0, "the index lag bound is positive");
         ServerLoad {
             queued: AtomicU64::new(0),
             queue_bytes_max,
+            index_lag: AtomicU64::new(0),
+            index_lag_max,
             state: watch::channel(LoadState::Normal).0,
             queue_time_us: AtomicU64::new(0),
         }
@@ -99,19 +125,35 @@ impl ServerLoad {
         self.state.subscribe()
     }
 
-    fn state_at(&self, queued: u64) -> LoadState {
-        let max = self.queue_bytes_max;
-        if queued >= max {
-            LoadState::Overloaded
-        } else if queued >= max / 4 * 3 {
-            LoadState::Critical
-        } else if queued >= max / 2 {
-            LoadState::Warning
-        } else {
-            LoadState::Normal
-        }
+    pub fn index_lag(&self) -> u64 {
+        self.index_lag.load(Ordering::Acquire)
     }
 
+    /// The index workers' lag behind the durable log, in records, as last measured.
+    pub fn set_index_lag(&self, lag: u64) {
+        self.index_lag.store(lag, Ordering::Release);
+        self.publish();
+    }
+
+    fn state_at(&self, queued: u64) -> LoadState {
+        level(queued, self.queue_bytes_max).max(level(self.index_lag(), self.index_lag_max))
+    }
+}
+
+/// The state for `used` of a bound `max`.
+fn level(used: u64, max: u64) -> LoadState {
+    if used >= max {
+        LoadState::Overloaded
+    } else if used >= max / 4 * 3 {
+        LoadState::Critical
+    } else if used >= max / 2 {
+        LoadState::Warning
+    } else {
+        LoadState::Normal
+    }
+}
+
+impl ServerLoad {
     fn publish(&self) {
         let now = self.state_at(self.queued());
         self.state.send_if_modified(|s| {
@@ -123,22 +165,22 @@ impl ServerLoad {
 
     /// Queues `bytes` if they fit under the bound, else says when to retry.
     pub fn admit(self: &Arc<Self>, bytes: u64) -> Result<LoadPermit, Overloaded> {
+        let lag = self.index_lag();
+        if lag >= self.index_lag_max {
+            return Err(self.refuse(OverloadCause::IndexLag {
+                lag,
+                index_lag_max: self.index_lag_max,
+            }));
+        }
         let mut queued = self.queued();
         loop {
             // One batch larger than the whole bound still goes in when nothing is queued,
             // or it could never be stored.
             if queued > 0 && queued.saturating_add(bytes) > self.queue_bytes_max {
-                let overloaded = Overloaded {
-                    retry_after: self.retry_after(queued),
+                return Err(self.refuse(OverloadCause::CommitQueue {
                     queued,
                     queue_bytes_max: self.queue_bytes_max,
-                };
-                self.state.send_if_modified(|s| {
-                    let changed = *s != LoadState::Overloaded;
-                    *s = LoadState::Overloaded;
-                    changed
-                });
-                return Err(overloaded);
+                }));
             }
             match self.queued.compare_exchange_weak(
                 queued,
@@ -156,6 +198,18 @@ impl ServerLoad {
             bytes,
             admitted_at: Instant::now(),
         })
+    }
+
+    fn refuse(&self, cause: OverloadCause) -> Overloaded {
+        self.state.send_if_modified(|s| {
+            let changed = *s != LoadState::Overloaded;
+            *s = LoadState::Overloaded;
+            changed
+        });
+        Overloaded {
+            retry_after: self.retry_after(self.queued()),
+            cause,
+        }
     }
 
     /// Waits while the server is Critical or worse: a session stops reading meanwhile.
@@ -210,7 +264,7 @@ mod tests {
 
     #[test]
     fn states_follow_the_queue_and_the_bound_refuses_with_a_retry_hint() {
-        let load = Arc::new(ServerLoad::new(1000));
+        let load = Arc::new(ServerLoad::new(1000, 100));
         let rx = load.subscribe();
         let a = load.admit(400).unwrap();
         assert_eq!(load.state(), LoadState::Normal);
@@ -221,7 +275,13 @@ mod tests {
         assert_eq!(load.state(), LoadState::Critical);
         let refused = load.admit(300).unwrap_err();
         assert_eq!(load.state(), LoadState::Overloaded);
-        assert_eq!((refused.queued, refused.queue_bytes_max), (800, 1000));
+        assert_eq!(
+            refused.cause,
+            OverloadCause::CommitQueue {
+                queued: 800,
+                queue_bytes_max: 1000
+            }
+        );
         assert!(refused.retry_after >= RETRY_AFTER_MIN && refused.retry_after <= RETRY_AFTER_MAX);
         assert_eq!(load.queued(), 800, "a refused batch queues nothing");
         drop((a, b));
@@ -234,9 +294,38 @@ mod tests {
         assert_eq!(load.state(), LoadState::Normal);
     }
 
+    #[test]
+    fn index_lag_raises_the_state_and_past_its_bound_refuses_every_batch() {
+        let load = Arc::new(ServerLoad::new(1000, 100));
+        load.set_index_lag(60);
+        assert_eq!(load.state(), LoadState::Warning);
+        load.set_index_lag(80);
+        assert_eq!(load.state(), LoadState::Critical);
+        let small = load
+            .admit(1)
+            .expect("below the lag bound a batch still goes in");
+        load.set_index_lag(100);
+        let refused = load.admit(1).unwrap_err();
+        assert_eq!(
+            refused.cause,
+            OverloadCause::IndexLag {
+                lag: 100,
+                index_lag_max: 100
+            }
+        );
+        assert!(refused
+            .rejection()
+            .to_string()
+            .contains("100 records not yet indexed"));
+        assert_eq!(load.state(), LoadState::Overloaded);
+        drop(small);
+        load.set_index_lag(10);
+        assert_eq!(load.state(), LoadState::Normal, "the index caught up");
+    }
+
     #[tokio::test]
     async fn a_paused_session_resumes_when_the_queue_drains() {
-        let load = Arc::new(ServerLoad::new(100));
+        let load = Arc::new(ServerLoad::new(100, 100));
         let held = load.admit(80).unwrap();
         let mut rx = load.subscribe();
         let waiter = {

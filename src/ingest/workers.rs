@@ -23,6 +23,7 @@ use std::thread::JoinHandle;
 use rayon::prelude::*;
 use tokio::sync::watch;
 
+use super::load::ServerLoad;
 use crate::index::{Admission, IndexError, IndexParams, SpaceIndex, SpaceIndexes};
 use crate::observation::Observation;
 use crate::space::{Metric, SpaceDefinition};
@@ -85,10 +86,12 @@ pub struct IndexWorkers {
 }
 
 impl IndexWorkers {
-    /// Starts one thread per worker of `indexes`, reading the log from `from`.
+    /// Starts one thread per worker of `indexes`, reading the log from `from`, and one
+    /// that tells `load` the index lag whenever the log grows.
     pub fn start(
         reader: &WalReader,
         indexes: Arc<SpaceIndexes>,
+        load: Arc<ServerLoad>,
         from: Lsn,
     ) -> std::io::Result<IndexWorkers> {
         let (stop, _) = watch::channel(false);
@@ -99,6 +102,11 @@ impl IndexWorkers {
             indexes.worker_progress(worker).advance(&cursor);
             let state = Worker {
                 worker,
+                lag: LagGauge {
+                    reader: reader.clone(),
+                    indexes: indexes.clone(),
+                    load: load.clone(),
+                },
                 cursor,
                 durable: reader.subscribe_durable(),
                 stop: stop.subscribe(),
@@ -111,6 +119,28 @@ impl IndexWorkers {
                     .spawn(move || state.run())?,
             );
         }
+        let gauge = LagGauge {
+            reader: reader.clone(),
+            indexes,
+            load,
+        };
+        let (mut durable, mut stopped) = (reader.subscribe_durable(), stop.subscribe());
+        handles.push(
+            std::thread::Builder::new()
+                .name("engram-index-lag".into())
+                .spawn(move || loop {
+                    gauge.publish();
+                    let go_on = block_on(async {
+                        tokio::select! {
+                            changed = durable.changed() => changed.is_ok(),
+                            _ = stopped.wait_for(|&s| s) => false,
+                        }
+                    });
+                    if !go_on {
+                        return;
+                    }
+                })?,
+        );
         Ok(IndexWorkers {
             stop,
             handles,
@@ -138,8 +168,27 @@ impl Drop for IndexWorkers {
     }
 }
 
+/// Measures how far the index is behind the durable log and tells the server's load.
+struct LagGauge {
+    reader: WalReader,
+    indexes: Arc<SpaceIndexes>,
+    load: Arc<ServerLoad>,
+}
+
+impl LagGauge {
+    fn publish(&self) {
+        let durable = self.reader.durable_lsn();
+        let indexed = (0..self.indexes.workers())
+            .map(|w| self.indexes.worker_progress(w).indexed_lsn())
+            .min()
+            .expect("at least one worker");
+        self.load.set_index_lag(durable.0.saturating_sub(indexed.0));
+    }
+}
+
 struct Worker {
     worker: usize,
+    lag: LagGauge,
     cursor: RecordCursor,
     durable: watch::Receiver<Lsn>,
     stop: watch::Receiver<bool>,
@@ -172,7 +221,10 @@ impl Worker {
             };
             let outcome = catch_unwind(AssertUnwindSafe(|| self.index(&batch)));
             match outcome {
-                Ok(Ok(())) => self.progress().advance(&self.cursor),
+                Ok(Ok(())) => {
+                    self.progress().advance(&self.cursor);
+                    self.lag.publish();
+                }
                 Ok(Err(e)) => self.restart(&e.to_string()),
                 Err(panic) => {
                     let message = panic
@@ -326,20 +378,25 @@ fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
-/// A test fault: `ENGRAM_FAULT_INDEX_PANIC_AFTER=N` makes the N-th insert since start
-/// panic, once. Compiled only with the `fault-injection` feature.
+/// Test faults, compiled only with the `fault-injection` feature:
+/// `ENGRAM_FAULT_INDEX_PANIC_AFTER=N` makes the N-th insert since start panic, once;
+/// `ENGRAM_FAULT_INDEX_DELAY_US=N` makes every insert take N microseconds longer.
 mod fault {
     #[cfg(feature = "fault-injection")]
     pub fn before_insert() {
         use std::sync::atomic::{AtomicU64, Ordering};
         use std::sync::OnceLock;
         static PANIC_AT: OnceLock<Option<u64>> = OnceLock::new();
+        static DELAY: OnceLock<Option<std::time::Duration>> = OnceLock::new();
         static INSERTS: AtomicU64 = AtomicU64::new(0);
-        let at = PANIC_AT.get_or_init(|| {
-            std::env::var("ENGRAM_FAULT_INDEX_PANIC_AFTER")
-                .ok()
-                .and_then(|v| v.parse().ok())
-        });
+        let setting = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+        if let Some(delay) = DELAY.get_or_init(|| {
+            setting("ENGRAM_FAULT_INDEX_DELAY_US").map(std::time::Duration::from_micros)
+        }) {
+            // A slow index, for the lag backpressure test.
+            std::thread::sleep(*delay);
+        }
+        let at = PANIC_AT.get_or_init(|| setting("ENGRAM_FAULT_INDEX_PANIC_AFTER"));
         if let Some(at) = *at {
             if INSERTS.fetch_add(1, Ordering::Relaxed) + 1 == at {
                 panic!("injected index fault at insert {at}");

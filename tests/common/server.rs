@@ -132,6 +132,38 @@ impl Server {
         (status, body)
     }
 
+    /// GET /stats as JSON.
+    pub fn stats(&self) -> serde_json::Value {
+        let (status, body) = self.http_get("/stats");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Waits until every index worker has indexed the log up to its durable LSN; the
+    /// /stats JSON then. Polls: the condition, not the time, decides.
+    pub fn wait_indexed(&self) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let stats = self.stats();
+            let durable = stats["wal"]["durable_lsn"].as_u64().unwrap();
+            let indexed = stats["index"]["workers_indexed_lsn"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_u64().unwrap())
+                .min()
+                .unwrap();
+            if indexed >= durable {
+                return stats;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not indexed after 120 s: {stats}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Waits for a server that was already told to stop.
     pub fn wait_exit(mut self) -> std::process::ExitStatus {
         self.child.wait().unwrap()
@@ -154,4 +186,14 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One space's entry in a /stats answer.
+pub fn space_stats<'a>(stats: &'a serde_json::Value, space: &str) -> &'a serde_json::Value {
+    stats["index"]["spaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["space"] == space)
+        .unwrap_or_else(|| panic!("no index for {space}: {stats}"))
 }
