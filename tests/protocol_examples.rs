@@ -2,12 +2,14 @@
 
 use std::collections::BTreeMap;
 
+use engram::index::{Consistency, RecallHit};
 use engram::observation::Observation;
 use engram::space::Metric;
 use engram::transport::protocol::{
-    DefineOutcome, ErrorCode, Frame, Limits, LoadState, ObserveFrame, ProtocolError, RejectCode,
-    SpaceEntry, FRAME_BYTES_MAX_DEFAULT,
+    DefineOutcome, ErrorCode, Frame, Limits, LoadState, ObserveFrame, ProtocolError, RecallStatus,
+    RejectCode, SpaceEntry, FRAME_BYTES_MAX_DEFAULT,
 };
+use engram::wal::Lsn;
 use proptest::prelude::*;
 
 /// The ```hex NAME blocks of docs/protocol.md.
@@ -131,6 +133,36 @@ fn expected_frames() -> BTreeMap<&'static str, Frame> {
             },
         ),
         ("ack", Frame::Ack { seq: 7, lsn: 42 }),
+        (
+            "recall",
+            Frame::Recall {
+                request_id: 9,
+                space: "notes".into(),
+                k: 10,
+                ef: 0,
+                consistency: Consistency::AsOf(Lsn(42)),
+                query_id: String::new(),
+                embedding: vec![0.5, -1.0],
+            },
+        ),
+        (
+            "recall_result",
+            Frame::RecallResult {
+                request_id: 9,
+                status: RecallStatus::Ok,
+                message: String::new(),
+                as_of_lsn: 42,
+                more: false,
+                hits: vec![RecallHit {
+                    id: "n-1".into(),
+                    score: 0.75,
+                    what: "a heron".into(),
+                    when_unix_ns: 1_700_000_000_000_000_000,
+                    confidence: 0.5,
+                    lsn: Lsn(42),
+                }],
+            },
+        ),
         (
             "reject",
             Frame::Reject {
@@ -407,6 +439,74 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             }),
         (any::<u64>(), prop::collection::vec(any::<bool>(), 0..40))
             .prop_map(|(request_id, found)| Frame::CheckResult { request_id, found }),
+        (
+            any::<u64>(),
+            arb_string(20),
+            any::<(u16, u16)>(),
+            (0u8..3, any::<u64>()),
+            arb_string(20),
+            prop::collection::vec(any::<f32>(), 0..8)
+        )
+            .prop_map(
+                |(request_id, space, (k, ef), (code, as_of), query_id, embedding)| {
+                    Frame::Recall {
+                        request_id,
+                        space,
+                        k,
+                        ef,
+                        consistency: match code {
+                            0 => Consistency::ReadYourWrites,
+                            1 => Consistency::AsOf(Lsn(as_of)),
+                            _ => Consistency::Eventual,
+                        },
+                        query_id,
+                        embedding,
+                    }
+                }
+            ),
+        (
+            any::<u64>(),
+            (0u16..7, arb_string(20)),
+            any::<(u64, bool)>(),
+            prop::collection::vec(
+                (
+                    arb_string(20),
+                    any::<(f32, i64, f32, u64)>(),
+                    arb_string(40)
+                ),
+                0..6
+            )
+        )
+            .prop_map(|(request_id, (status, message), (as_of_lsn, more), hits)| {
+                Frame::RecallResult {
+                    request_id,
+                    status: [
+                        RecallStatus::Ok,
+                        RecallStatus::UnknownSpace,
+                        RecallStatus::DimensionMismatch,
+                        RecallStatus::InvalidQuery,
+                        RecallStatus::FutureLsn,
+                        RecallStatus::Failed,
+                        RecallStatus::UnknownId,
+                    ][status as usize],
+                    message,
+                    as_of_lsn,
+                    more,
+                    hits: hits
+                        .into_iter()
+                        .map(
+                            |(id, (score, when_unix_ns, confidence, lsn), what)| RecallHit {
+                                id,
+                                score,
+                                what,
+                                when_unix_ns,
+                                confidence,
+                                lsn: Lsn(lsn),
+                            },
+                        )
+                        .collect(),
+                }
+            }),
     ]
 }
 
