@@ -322,19 +322,33 @@ async fn a_worker_that_panics_restarts_and_indexes_everything_once() {
     let stats = wait_indexed(&server);
     assert_eq!(stats["index"]["panics"], 1, "{stats}");
     assert_eq!(stats["index"]["inserted"], 10_000, "each once: {stats}");
+    let as_of = Lsn(stats["wal"]["durable_lsn"].as_u64().unwrap());
     for space in ["p", "q"] {
         assert_eq!(space_stats(&stats, space)["indexed"], 5_000);
-        for n in (0..5_000u64).step_by(100) {
-            let query = RecallQuery {
-                consistency: Consistency::Eventual,
+        let mut found_by_graph = 0;
+        for n in (0..5_000u64).step_by(50) {
+            let id = format!("x-{n}");
+            // AsOf scores every vector the graph stores, exactly: each sampled one is
+            // there, under its own id.
+            let exact = RecallQuery {
+                consistency: Consistency::AsOf(as_of),
                 ..RecallQuery::new(space, Vec::new(), 1)
             };
-            let recalled = session
-                .recall_by_id(&query, &format!("x-{n}"))
-                .await
-                .unwrap();
-            assert_eq!(recalled.hits[0].id, format!("x-{n}"));
+            let recalled = session.recall_by_id(&exact, &id).await.unwrap();
+            assert_eq!(recalled.hits[0].id, id);
+            assert!(recalled.hits[0].score > 0.9999);
+            // And the graph search reaches it (approximate: HNSW may leave a rare node
+            // unreachable).
+            let graph = RecallQuery {
+                consistency: Consistency::Eventual,
+                ..RecallQuery::new(space, Vec::new(), 10)
+            };
+            let recalled = session.recall_by_id(&graph, &id).await.unwrap();
+            if recalled.hits.iter().any(|h| h.id == id) {
+                found_by_graph += 1;
+            }
         }
+        assert!(found_by_graph >= 99, "{space}: {found_by_graph} of 100");
     }
     let log: Vec<String> = server.log.try_iter().collect();
     assert!(
