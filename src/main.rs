@@ -125,6 +125,14 @@ struct ServeArgs {
     /// HNSW candidate list while searching (ef_search); a recall may ask for more.
     #[arg(long, env = "ENGRAM_HNSW_EF_SEARCH", default_value_t = engram::index::EF_SEARCH_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
     hnsw_ef_search: usize,
+    /// Inserts by one index worker between checkpoints of its spaces (0: not by count).
+    /// A checkpoint lets a restart replay only the log after it, and the log drop what
+    /// the checkpoints cover.
+    #[arg(long, env = "ENGRAM_CHECKPOINT_RECORDS", default_value_t = engram::ingest::checkpointer::CHECKPOINT_RECORDS_DEFAULT)]
+    checkpoint_records: u64,
+    /// Seconds between a worker's checkpoints when anything was inserted (0: not by time).
+    #[arg(long, env = "ENGRAM_CHECKPOINT_INTERVAL_S", default_value_t = engram::ingest::checkpointer::CHECKPOINT_INTERVAL_DEFAULT.as_secs())]
+    checkpoint_interval_s: u64,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -192,6 +200,8 @@ struct ConfigFile {
     hnsw_m: Option<usize>,
     hnsw_ef_construction: Option<usize>,
     hnsw_ef_search: Option<usize>,
+    checkpoint_records: Option<u64>,
+    checkpoint_interval_s: Option<u64>,
 }
 
 /// Fills every setting that came from neither the command line nor the environment from
@@ -237,6 +247,8 @@ fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyhow::
     fill!(hnsw_m, anyhow::Ok);
     fill!(hnsw_ef_construction, anyhow::Ok);
     fill!(hnsw_ef_search, anyhow::Ok);
+    fill!(checkpoint_records, anyhow::Ok);
+    fill!(checkpoint_interval_s, anyhow::Ok);
     fill!(wal_recovery_mode, |v: String| {
         <RecoveryModeArg as clap::ValueEnum>::from_str(&v.replace('_', "-"), false)
             .map_err(|e| anyhow::anyhow!("wal_recovery_mode in {}: {e}", path.display()))
@@ -295,6 +307,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ef_construction: args.hnsw_ef_construction,
             ef_search: args.hnsw_ef_search,
         },
+        checkpoint_records: args.checkpoint_records,
+        checkpoint_interval: Duration::from_secs(args.checkpoint_interval_s),
     };
     let engine = Engine::open(&args.data_dir, config, limits, index)
         .with_context(|| format!("opening the data in {}", args.data_dir.display()))?;

@@ -17,6 +17,7 @@ use rkyv::rancor;
     Eq,
     clap::ValueEnum,
     serde::Serialize,
+    serde::Deserialize,
 )]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 #[serde(rename_all = "snake_case")]

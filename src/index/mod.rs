@@ -4,6 +4,7 @@
 //! `recall` answers queries from the graph merged with an exact scan of the records that
 //! are durable but not yet indexed, so a client reads its own acknowledged writes.
 
+pub mod checkpoint;
 pub mod distance;
 mod hnsw;
 pub mod recall;
@@ -17,7 +18,7 @@ pub use recall::{recall, Consistency, RecallError, RecallHit, RecallQuery, Recal
 pub use space_index::{Admission, IndexedEntry, SpaceIndex, SpaceIndexes};
 
 /// The graph parameters every space's index is built with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IndexParams {
     /// Links per node (2 * m on the bottom layer): more is better recall, more memory.
     pub m: usize,

@@ -42,6 +42,15 @@ pub(super) struct Entries {
 }
 
 impl Entries {
+    fn from_entries(by_key: Vec<IndexedEntry>) -> Entries {
+        let by_id = by_key
+            .iter()
+            .enumerate()
+            .map(|(key, e)| (e.id.clone(), key as u64))
+            .collect();
+        Entries { by_key, by_id }
+    }
+
     pub fn get(&self, key: u64) -> Option<&IndexedEntry> {
         self.by_key.get(key as usize)
     }
@@ -255,6 +264,25 @@ impl SpaceIndexes {
         });
         spaces.insert(space.to_owned(), index.clone());
         Ok(index)
+    }
+
+    /// Puts back a space's index from its checkpoint (at start, before the workers run).
+    pub fn restore(&self, checkpoint: super::checkpoint::LoadedCheckpoint) -> Arc<SpaceIndex> {
+        let index = Arc::new(SpaceIndex {
+            progress: self.progress_of(&checkpoint.space).clone(),
+            name: checkpoint.space.clone(),
+            dim: checkpoint.dim,
+            metric: checkpoint.metric,
+            graph: Box::new(checkpoint.graph),
+            entries: RwLock::new(Entries::from_entries(checkpoint.entries)),
+        });
+        let previous = self
+            .spaces
+            .write()
+            .expect("spaces lock")
+            .insert(checkpoint.space, index.clone());
+        assert!(previous.is_none(), "one checkpoint per space");
+        index
     }
 
     /// Every space's index, by name.

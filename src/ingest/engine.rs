@@ -10,6 +10,7 @@ use crate::space::{Metric, SpaceDefinition};
 use crate::transport::protocol::RejectCode;
 use crate::wal::{wal_dir, Entry, Lsn, RecordKind, Submitted, Wal, WalConfig, WalError};
 
+use super::checkpointer::CheckpointPolicy;
 use super::dedupe::{Claims, DedupeIndex, InFlight, Reservation};
 use super::limits::IngestLimits;
 use super::load::ServerLoad;
@@ -18,6 +19,7 @@ use super::spaces::Definition;
 use super::spaces::SpaceRegistry;
 use super::validate::{validate, validate_definition, Rejection};
 use super::workers::{IndexConfig, IndexWorkers, WorkerCounters};
+use crate::index::checkpoint::{checkpoints_dir, load_checkpoints, CheckpointError};
 
 /// What defining a space explicitly did.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,13 +54,27 @@ pub enum EngineError {
     Rebuild(#[from] RebuildError),
     #[error("starting the index workers: {0}")]
     Workers(std::io::Error),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(
+        "the checkpoint of space {space:?} covers the log up to LSN {covered}, but the log \
+         now starts at LSN {oldest}: the records between are gone. Restore the index folder \
+         or the log from a backup"
+    )]
+    CheckpointGap {
+        space: String,
+        covered: Lsn,
+        oldest: Lsn,
+    },
 }
 
 pub struct Engine {
     // Before the log: dropping the engine stops the workers, then closes the log.
     workers: IndexWorkers,
     indexes: Arc<SpaceIndexes>,
-    wal: Wal,
+    checkpoints: Arc<CheckpointPolicy>,
+    // Shared with the workers, which truncate it after checkpoints.
+    wal: Arc<Wal>,
     dedupe: Arc<DedupeIndex>,
     spaces: SpaceRegistry,
     limits: IngestLimits,
@@ -74,27 +90,72 @@ impl Engine {
         limits: IngestLimits,
         index: IndexConfig,
     ) -> Result<Engine, EngineError> {
-        let wal = Wal::open(wal_dir(data_dir), wal_config)?;
+        let wal = Arc::new(Wal::open(wal_dir(data_dir), wal_config)?);
         let dedupe = Arc::new(DedupeIndex::default());
         let spaces = SpaceRegistry::default();
+        let indexes = Arc::new(SpaceIndexes::new(index.params, index.workers));
+        let root = checkpoints_dir(data_dir);
+        let started = std::time::Instant::now();
+        let oldest = wal.reader().oldest_lsn();
+        let mut from_checkpoints = 0;
+        for checkpoint in load_checkpoints(&root)? {
+            if checkpoint.covered.next() < oldest {
+                return Err(EngineError::CheckpointGap {
+                    space: checkpoint.space,
+                    covered: checkpoint.covered,
+                    oldest,
+                });
+            }
+            // What the log no longer holds, the checkpoint does: which ids are stored,
+            // and the space itself.
+            spaces.record_definition(&checkpoint.space, checkpoint.dim, checkpoint.metric);
+            for entry in &checkpoint.entries {
+                let first = dedupe.record_durable(&checkpoint.space, &entry.id, entry.lsn);
+                spaces.record(&checkpoint.space, checkpoint.dim, entry.lsn, first);
+            }
+            from_checkpoints += checkpoint.entries.len();
+            tracing::info!(space = %checkpoint.space, covered = %checkpoint.covered,
+                observations = checkpoint.entries.len(), path = %checkpoint.path.display(),
+                "loaded an index checkpoint");
+            indexes.restore(checkpoint);
+        }
         let replayed = rebuild(&wal.reader(), &dedupe, &spaces)?;
         tracing::info!(
-            observations = replayed,
+            from_checkpoints,
+            replayed_from_log = replayed,
             spaces = spaces.len(),
-            "rebuilt ingest state from the log"
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "rebuilt ingest state from the checkpoints and the log"
         );
-        let indexes = Arc::new(SpaceIndexes::new(index.params, index.workers));
         let load = Arc::new(ServerLoad::new(
             limits.queue_bytes_max,
             limits.index_lag_max,
         ));
+        let truncating = wal.clone();
+        let checkpoints = Arc::new(CheckpointPolicy {
+            root,
+            every_records: index.checkpoint_records,
+            every: index.checkpoint_interval,
+            truncate: Box::new(move |below| {
+                truncating.truncate_below(below).map_err(|e| e.to_string())
+            }),
+            written: Default::default(),
+            failed: Default::default(),
+        });
         let reader = wal.reader();
-        let workers =
-            IndexWorkers::start(&reader, indexes.clone(), load.clone(), reader.oldest_lsn())
-                .map_err(EngineError::Workers)?;
+        // From the log's start: records a checkpoint holds are recognised and skipped.
+        let workers = IndexWorkers::start(
+            &reader,
+            indexes.clone(),
+            load.clone(),
+            checkpoints.clone(),
+            reader.oldest_lsn(),
+        )
+        .map_err(EngineError::Workers)?;
         Ok(Engine {
             workers,
             indexes,
+            checkpoints,
             wal,
             dedupe,
             spaces,
@@ -107,7 +168,25 @@ impl Engine {
     /// the log.
     pub fn close(self) -> Result<(), WalError> {
         drop(self.workers);
-        self.wal.close()
+        drop(self.checkpoints);
+        match Arc::try_unwrap(self.wal) {
+            Ok(wal) => wal.close(),
+            // Only the stopped workers shared it; if a holder is left, dropping the last
+            // handle closes the log the same way.
+            Err(shared) => match shared.failure() {
+                Some(cause) => Err(WalError::Failed { cause }),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Checkpoints written and failed since start.
+    pub fn checkpoint_counts(&self) -> (u64, u64) {
+        let load = std::sync::atomic::Ordering::Relaxed;
+        (
+            self.checkpoints.written.load(load),
+            self.checkpoints.failed.load(load),
+        )
     }
 
     /// The k nearest observations of a space (src/index/recall.rs). Runs on the calling

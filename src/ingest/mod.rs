@@ -2,6 +2,7 @@
 //! and the log. Sessions, the durable-to-index dispatch and backpressure join them with the
 //! serve and index issues.
 
+pub mod checkpointer;
 pub mod dedupe;
 pub mod engine;
 pub mod limits;

@@ -23,6 +23,7 @@ use std::thread::JoinHandle;
 use rayon::prelude::*;
 use tokio::sync::watch;
 
+use super::checkpointer::{CheckpointPolicy, CheckpointSchedule};
 use super::load::ServerLoad;
 use crate::index::{Admission, IndexError, IndexParams, SpaceIndex, SpaceIndexes};
 use crate::observation::Observation;
@@ -34,11 +35,15 @@ const BATCH_RECORDS_MAX: usize = 4096;
 /// Inserts in a batch from which they are spread over every core.
 const PARALLEL_INSERTS_MIN: usize = 32;
 
-/// How the index is built and by how many workers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+/// How the index is built, by how many workers, and how often it is checkpointed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexConfig {
     pub workers: usize,
     pub params: IndexParams,
+    /// Inserts by one worker between checkpoints of its spaces; 0: not by count.
+    pub checkpoint_records: u64,
+    /// Time between a worker's checkpoints if anything was inserted; zero: not by time.
+    pub checkpoint_interval: std::time::Duration,
 }
 
 impl Default for IndexConfig {
@@ -46,6 +51,8 @@ impl Default for IndexConfig {
         IndexConfig {
             workers: default_workers(),
             params: IndexParams::default(),
+            checkpoint_records: super::checkpointer::CHECKPOINT_RECORDS_DEFAULT,
+            checkpoint_interval: super::checkpointer::CHECKPOINT_INTERVAL_DEFAULT,
         }
     }
 }
@@ -92,6 +99,7 @@ impl IndexWorkers {
         reader: &WalReader,
         indexes: Arc<SpaceIndexes>,
         load: Arc<ServerLoad>,
+        checkpoints: Arc<CheckpointPolicy>,
         from: Lsn,
     ) -> std::io::Result<IndexWorkers> {
         let (stop, _) = watch::channel(false);
@@ -108,6 +116,8 @@ impl IndexWorkers {
                     load: load.clone(),
                 },
                 cursor,
+                schedule: CheckpointSchedule::new(checkpoints.clone()),
+                catch_up: Some((reader.durable_lsn(), std::time::Instant::now(), 0)),
                 durable: reader.subscribe_durable(),
                 stop: stop.subscribe(),
                 indexes: indexes.clone(),
@@ -190,6 +200,10 @@ struct Worker {
     worker: usize,
     lag: LagGauge,
     cursor: RecordCursor,
+    schedule: CheckpointSchedule,
+    /// Until the worker first reaches the log's end at start: that LSN, when it started
+    /// and how many it inserted meanwhile (the replay after a restart).
+    catch_up: Option<(Lsn, std::time::Instant, u64)>,
     durable: watch::Receiver<Lsn>,
     stop: watch::Receiver<bool>,
     indexes: Arc<SpaceIndexes>,
@@ -221,9 +235,15 @@ impl Worker {
             };
             let outcome = catch_unwind(AssertUnwindSafe(|| self.index(&batch)));
             match outcome {
-                Ok(Ok(())) => {
+                Ok(Ok(inserted)) => {
+                    // A due checkpoint is written before the indexed LSN moves: whoever
+                    // sees the LSN pass also finds the checkpoint on disk.
+                    let covered = self.cursor.next_lsn().prev();
+                    self.schedule
+                        .after_batch(self.worker, &self.indexes, inserted, covered);
                     self.progress().advance(&self.cursor);
                     self.lag.publish();
+                    self.caught_up(inserted);
                 }
                 Ok(Err(e)) => self.restart(&e.to_string()),
                 Err(panic) => {
@@ -241,6 +261,20 @@ impl Worker {
 
     fn progress(&self) -> &crate::index::space_index::IndexProgress {
         self.indexes.worker_progress(self.worker)
+    }
+
+    /// Logs the replay after a start once the worker reaches the log's end of then.
+    fn caught_up(&mut self, inserted: u64) {
+        let Some((target, started, replayed)) = self.catch_up.as_mut() else {
+            return;
+        };
+        *replayed += inserted;
+        if self.cursor.next_lsn() > *target {
+            tracing::info!(worker = self.worker, up_to = %target, inserted = *replayed,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "index worker caught up with the log");
+            self.catch_up = None;
+        }
     }
 
     /// Goes back to the indexed LSN after a failed batch.
@@ -282,7 +316,8 @@ impl Worker {
         })
     }
 
-    fn index(&self, batch: &[Record]) -> Result<(), BatchError> {
+    /// Inserts the batch's new observations; how many.
+    fn index(&self, batch: &[Record]) -> Result<u64, BatchError> {
         let mut inserts: Vec<(Arc<SpaceIndex>, u64, &Record)> = Vec::new();
         for record in batch {
             match record.kind {
@@ -330,10 +365,11 @@ impl Worker {
             Ok::<(), BatchError>(())
         };
         if inserts.len() >= PARALLEL_INSERTS_MIN {
-            inserts.par_iter().try_for_each(insert)
+            inserts.par_iter().try_for_each(insert)?;
         } else {
-            inserts.iter().try_for_each(insert)
+            inserts.iter().try_for_each(insert)?;
         }
+        Ok(inserts.len() as u64)
     }
 }
 
