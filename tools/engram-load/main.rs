@@ -3,7 +3,8 @@
 //!
 //! Target `quic` (the default) streams to a server; target `wal` appends straight to a
 //! local log (the durable core, without the network); target `raw-quic` streams the same
-//! message size over quinn alone (the transport's ceiling, raw.rs).
+//! message size over quinn alone (the transport's ceiling, raw.rs); target `recall`
+//! queries a space and reports recall latency (recall.rs).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, IsTerminal, Write};
@@ -20,6 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 mod raw;
+mod recall;
 
 /// glibc's allocator showed as a tenth of the QUIC path's CPU (malloc, free, consolidation
 /// across threads); mimalloc's thread-local pages cost less for many small short-lived
@@ -48,6 +50,19 @@ struct Args {
     data_dir: PathBuf,
     #[arg(long, default_value = "load")]
     space: String,
+    /// Spread the observations over this many spaces, SPACE-0 to SPACE-(N-1) (target
+    /// quic); 1: all in SPACE.
+    #[arg(long, default_value_t = 1)]
+    spaces: u64,
+    /// Results per recall (target recall).
+    #[arg(short, long, default_value_t = 10)]
+    k: usize,
+    /// Consistency of each recall (target recall).
+    #[arg(long, value_enum, default_value = "read-your-writes")]
+    consistency: ConsistencyArg,
+    /// The LSN of --consistency as-of.
+    #[arg(long, default_value_t = 0)]
+    as_of: u64,
     /// Observations to send in all.
     #[arg(long, default_value_t = 100_000)]
     count: u64,
@@ -105,6 +120,16 @@ enum Target {
     Wal,
     /// quinn alone, in process, with the same message size: the transport's ceiling.
     RawQuic,
+    /// --count recalls of SPACE over QUIC, closed loop per connection or paced by --rate:
+    /// the report's latency is recall latency.
+    Recall,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ConsistencyArg {
+    ReadYourWrites,
+    AsOf,
+    Eventual,
 }
 
 #[derive(Serialize)]
@@ -136,6 +161,7 @@ fn main() -> anyhow::Result<()> {
         Target::Wal => run_wal(&args)?,
         Target::Quic => run_quic(&args)?,
         Target::RawQuic => raw::run(&args)?,
+        Target::Recall => recall::run(&args)?,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -350,8 +376,13 @@ fn run_quic(args: &Args) -> anyhow::Result<Report> {
                     .step_by(args.connections)
                     .collect();
                 let (ids_out, bar) = (ids_out.clone(), bar.clone());
-                let (seed, space, dim, distribution) =
-                    (args.seed, args.space.clone(), args.dim, args.distribution);
+                let (seed, space, dim, distribution, spaces) = (
+                    args.seed,
+                    args.space.clone(),
+                    args.dim,
+                    args.distribution,
+                    args.spaces.max(1),
+                );
                 let interval = (args.rate > 0)
                     .then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
                 tokio::spawn(async move {
@@ -364,6 +395,11 @@ fn run_quic(args: &Args) -> anyhow::Result<Report> {
                         if let Some(interval) = interval {
                             tokio::time::sleep_until((start + interval * i as u32).into()).await;
                         }
+                        let space = if spaces > 1 {
+                            format!("{space}-{}", n % spaces)
+                        } else {
+                            space.clone()
+                        };
                         stream
                             .send(synthetic::observation(
                                 seed,
