@@ -125,6 +125,9 @@ struct ServeArgs {
     /// HNSW candidate list while searching (ef_search); a recall may ask for more.
     #[arg(long, env = "ENGRAM_HNSW_EF_SEARCH", default_value_t = engram::index::EF_SEARCH_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
     hnsw_ef_search: usize,
+    /// How the graphs store vectors: f32, or f16 (half the memory, scores within 1e-3).
+    #[arg(long, env = "ENGRAM_INDEX_QUANTIZATION", value_enum, default_value = "f32")]
+    index_quantization: engram::index::Quantization,
     /// Inserts by one index worker between checkpoints of its spaces (0: not by count).
     /// A checkpoint lets a restart replay only the log after it, and the log drop what
     /// the checkpoints cover.
@@ -200,6 +203,7 @@ struct ConfigFile {
     hnsw_m: Option<usize>,
     hnsw_ef_construction: Option<usize>,
     hnsw_ef_search: Option<usize>,
+    index_quantization: Option<engram::index::Quantization>,
     checkpoint_records: Option<u64>,
     checkpoint_interval_s: Option<u64>,
 }
@@ -247,6 +251,7 @@ fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyhow::
     fill!(hnsw_m, anyhow::Ok);
     fill!(hnsw_ef_construction, anyhow::Ok);
     fill!(hnsw_ef_search, anyhow::Ok);
+    fill!(index_quantization, anyhow::Ok);
     fill!(checkpoint_records, anyhow::Ok);
     fill!(checkpoint_interval_s, anyhow::Ok);
     fill!(wal_recovery_mode, |v: String| {
@@ -306,6 +311,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             m: args.hnsw_m,
             ef_construction: args.hnsw_ef_construction,
             ef_search: args.hnsw_ef_search,
+            quantization: args.index_quantization,
         },
         checkpoint_records: args.checkpoint_records,
         checkpoint_interval: Duration::from_secs(args.checkpoint_interval_s),

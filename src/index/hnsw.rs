@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, RwLock};
 
-use super::{IndexError, IndexParams, VectorIndex};
+use super::{IndexError, IndexParams, Quantization, VectorIndex};
 use crate::space::Metric;
 
 /// Capacity a new graph reserves; it doubles as it fills.
@@ -65,7 +65,10 @@ fn options(dim: u32, metric: Metric, params: &IndexParams) -> usearch::IndexOpti
             Metric::L2 => usearch::MetricKind::L2sq,
             Metric::Dot => usearch::MetricKind::IP,
         },
-        quantization: usearch::ScalarKind::F32,
+        quantization: match params.quantization {
+            Quantization::F32 => usearch::ScalarKind::F32,
+            Quantization::F16 => usearch::ScalarKind::F16,
+        },
         connectivity: params.m,
         expansion_add: params.ef_construction,
         expansion_search: params.ef_search,

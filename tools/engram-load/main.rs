@@ -66,6 +66,11 @@ struct Args {
     /// Observations to send in all.
     #[arg(long, default_value_t = 100_000)]
     count: u64,
+    /// The first observation's number (target quic): ids run obs-START to
+    /// obs-(START+COUNT-1), so a second run adds new observations to a space instead of
+    /// resending the same ids.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
     /// Embedding dimension.
     #[arg(long, default_value_t = 384)]
     dim: usize,
@@ -372,7 +377,7 @@ fn run_quic(args: &Args) -> anyhow::Result<Report> {
                     cert.clone(),
                     &format!("engram-load-{sender}"),
                 );
-                let mine: Vec<u64> = (sender as u64..args.count)
+                let mine: Vec<u64> = (args.start + sender as u64..args.start + args.count)
                     .step_by(args.connections)
                     .collect();
                 let (ids_out, bar) = (ids_out.clone(), bar.clone());
