@@ -44,7 +44,9 @@ fn main() {
     }
     let reader = wal.reader();
     let durable = reader.durable_lsn();
-    println!("{count} observations, {DIM}-d clustered, over {SPACES} spaces; M=16, ef_construction=200");
+    println!(
+        "{count} observations, {DIM}-d clustered, over {SPACES} spaces; M=16, ef_construction=200"
+    );
     for workers in [1, 2, 4, 8] {
         let indexes = Arc::new(SpaceIndexes::new(IndexParams::default(), workers));
         let policy = Arc::new(CheckpointPolicy {

@@ -125,8 +125,14 @@ struct ServeArgs {
     /// HNSW candidate list while searching (ef_search); a recall may ask for more.
     #[arg(long, env = "ENGRAM_HNSW_EF_SEARCH", default_value_t = engram::index::EF_SEARCH_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
     hnsw_ef_search: usize,
-    /// How the graphs store vectors: f32, or f16 (half the memory, scores within 1e-3).
-    #[arg(long, env = "ENGRAM_INDEX_QUANTIZATION", value_enum, default_value = "f32")]
+    /// How the graphs store vectors: f16 (half the memory, scores within about 1e-3) or
+    /// f32 (exact).
+    #[arg(
+        long,
+        env = "ENGRAM_INDEX_QUANTIZATION",
+        value_enum,
+        default_value = "f16"
+    )]
     index_quantization: engram::index::Quantization,
     /// Inserts by one index worker between checkpoints of its spaces (0: not by count).
     /// A checkpoint lets a restart replay only the log after it, and the log drop what

@@ -170,7 +170,14 @@ async fn three_clients_in_three_spaces_never_see_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn as_of_recalls_are_snapshots_while_streaming_goes_on() {
     let data = tempfile::tempdir().unwrap();
-    let server = Server::start(data.path(), &[]);
+    // A slowed index, so that the first snapshot reads are answered partly from the log
+    // and the repeats wholly from the graph: the results must not change.
+    let server = Server::start_with_env(
+        data.path(),
+        "127.0.0.1:0",
+        &[],
+        &[("ENGRAM_FAULT_INDEX_DELAY_US", "1000")],
+    );
     let dim = 32;
     let mut writer = Session::connect(&server.options("writer"), None)
         .await
@@ -222,6 +229,17 @@ async fn as_of_recalls_are_snapshots_while_streaming_goes_on() {
             )
         })
         .collect();
+    let indexed = server.stats()["index"]["workers_indexed_lsn"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_u64().unwrap())
+        .min()
+        .unwrap();
+    assert!(
+        indexed < as_of,
+        "the snapshot reaches past the index ({indexed} < {as_of})"
+    );
     let mut first = Vec::new();
     for query in &queries {
         let recalled = reader.recall(query).await.unwrap();

@@ -237,7 +237,11 @@ mod tests {
     fn grows_past_its_first_capacity_from_many_threads_and_finds_each_vector() {
         for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
             let data = vectors(3 * INITIAL_CAPACITY, 16);
-            let hnsw = Hnsw::new(16, metric, &IndexParams::default()).unwrap();
+            let exact = IndexParams {
+                quantization: Quantization::F32,
+                ..IndexParams::default()
+            };
+            let hnsw = Hnsw::new(16, metric, &exact).unwrap();
             std::thread::scope(|s| {
                 for part in 0..4 {
                     let (hnsw, data) = (&hnsw, &data);
@@ -270,6 +274,30 @@ mod tests {
     }
 
     #[test]
+    fn f16_graphs_find_each_vector_with_scores_close_to_exact() {
+        let data = vectors(500, 32);
+        let params = IndexParams {
+            quantization: Quantization::F16,
+            ..IndexParams::default()
+        };
+        let hnsw = Hnsw::new(32, Metric::Cosine, &params).unwrap();
+        for (key, v) in data.iter().enumerate() {
+            hnsw.insert(key as u64, v).unwrap();
+        }
+        for (key, v) in data.iter().enumerate().step_by(25) {
+            let (top, score) = hnsw.search(v, 1, None).unwrap()[0];
+            assert_eq!(top, key as u64);
+            assert!((score - 1.0).abs() < 2e-3, "{score}");
+            let mut stored = vec![0f32; 32];
+            assert!(hnsw.vector(key as u64, &mut stored));
+            // Exactly what recall makes of a log record, so both score it the same.
+            let mut rounded = v.clone();
+            Quantization::F16.round(&mut rounded);
+            assert_eq!(stored, rounded);
+        }
+    }
+
+    #[test]
     fn a_filter_keeps_results_to_the_keys_it_allows() {
         let data = vectors(500, 8);
         let hnsw = Hnsw::new(8, Metric::Cosine, &IndexParams::default()).unwrap();
@@ -286,19 +314,23 @@ mod tests {
     fn saved_graphs_load_with_every_vector() {
         let dir = tempfile::tempdir().unwrap();
         let data = vectors(200, 8);
-        let hnsw = Hnsw::new(8, Metric::L2, &IndexParams::default()).unwrap();
+        let exact = IndexParams {
+            quantization: Quantization::F32,
+            ..IndexParams::default()
+        };
+        let hnsw = Hnsw::new(8, Metric::L2, &exact).unwrap();
         for (key, v) in data.iter().enumerate() {
             hnsw.insert(key as u64, v).unwrap();
         }
         let path = dir.path().join("g.usearch");
         hnsw.save(&path).unwrap();
-        let loaded = Hnsw::load(&path, 8, Metric::L2, &IndexParams::default()).unwrap();
+        let loaded = Hnsw::load(&path, 8, Metric::L2, &exact).unwrap();
         assert_eq!(loaded.len(), 200);
         let mut v = vec![0f32; 8];
         assert!(loaded.vector(17, &mut v));
         assert_eq!(v, data[17]);
         loaded.insert(200, &data[0]).unwrap();
         assert_eq!(loaded.len(), 201);
-        assert!(Hnsw::load(&path, 9, Metric::L2, &IndexParams::default()).is_err());
+        assert!(Hnsw::load(&path, 9, Metric::L2, &exact).is_err());
     }
 }

@@ -127,6 +127,11 @@ pub fn recall(
         Consistency::Eventual => indexed,
     };
     let index = indexes.get(&query.space);
+    // Log records are scored as the graph stores them, so that where a record is found
+    // (log or graph) does not change its score: AsOf stays repeatable as indexing moves.
+    let quantization = index
+        .as_ref()
+        .map_or(indexes.params().quantization, |i| i.quantization());
     let scorer = Scorer::new(metric, &query.embedding);
     let mut candidates = match &index {
         None => Vec::new(),
@@ -162,8 +167,10 @@ pub fn recall(
             if earlier || !seen.insert(obs.id.as_str().to_owned()) {
                 continue;
             }
+            let mut vector = obs.embedding().into_owned();
+            quantization.round(&mut vector);
             candidates.push(Candidate {
-                score: scorer.score(&obs.embedding()),
+                score: scorer.score(&vector),
                 lsn: record.lsn,
                 found: Found::Tail(record),
             });
