@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::server::{space_stats, Server};
+use common::server::{indexed_lsn, space_stats, Server};
 use engram::client::{ClientError, Session};
 use engram::index::{Consistency, RecallQuery};
 use engram::synthetic::{embedding, observation, Distribution};
@@ -229,13 +229,7 @@ async fn as_of_recalls_are_snapshots_while_streaming_goes_on() {
             )
         })
         .collect();
-    let indexed = server.stats()["index"]["workers_indexed_lsn"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l.as_u64().unwrap())
-        .min()
-        .unwrap();
+    let indexed = indexed_lsn(&server.stats());
     assert!(
         indexed < as_of,
         "the snapshot reaches past the index ({indexed} < {as_of})"

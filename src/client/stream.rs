@@ -123,6 +123,15 @@ impl ObservationStream {
         }
     }
 
+    /// Waits until the oldest observation not yet acknowledged is, or was refused;
+    /// returns at once if none is waiting.
+    pub async fn wait_oldest_acked(&mut self) -> Result<(), ClientError> {
+        match self.pending.front() {
+            Some(&(oldest, _)) => self.wait_acked_once(oldest).await,
+            None => Ok(()),
+        }
+    }
+
     /// Waits until everything sent so far is acknowledged.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
         loop {

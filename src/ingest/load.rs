@@ -14,9 +14,12 @@
 //! Overloaded happens when sessions that had already read a batch find the bound passed:
 //! their frames are dropped at once, so the server never holds more than the bound.
 //!
-//! The index lag (records durable but not yet indexed) maps to the same states against
-//! its own bound, and the server's state is the worse of the two: when the index falls
+//! The index lag (records durable but not yet indexed, plus the observations admitted
+//! and not yet acknowledged, which are about to be) maps to the same states against its
+//! own bound, and the server's state is the worse of the two: when the index falls
 //! behind, ingest slows to its pace, and the unindexed tail a recall scans stays bounded.
+//! Counting the admitted ones means a burst of batches read at once cannot all pass
+//! below the bound before the lag is measured.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,6 +45,8 @@ pub struct ServerLoad {
     queue_bytes_max: u64,
     index_lag: AtomicU64,
     index_lag_max: u64,
+    /// Observations admitted and not yet acknowledged.
+    queued_records: AtomicU64,
     state: watch::Sender<LoadState>,
     /// How long batches recently stayed queued (admitted to acknowledged), smoothed, in
     /// microseconds; 0 until the first one. The retry hint: one turn of the queue.
@@ -53,6 +58,7 @@ pub struct ServerLoad {
 pub struct LoadPermit {
     load: Arc<ServerLoad>,
     bytes: u64,
+    records: u64,
     admitted_at: Instant,
 }
 
@@ -107,6 +113,7 @@ impl ServerLoad {
             queue_bytes_max,
             index_lag: AtomicU64::new(0),
             index_lag_max,
+            queued_records: AtomicU64::new(0),
             state: watch::channel(LoadState::Normal).0,
             queue_time_us: AtomicU64::new(0),
         }
@@ -125,8 +132,10 @@ impl ServerLoad {
         self.state.subscribe()
     }
 
+    /// Records durable and not yet indexed, as last measured, plus those admitted and
+    /// not yet acknowledged.
     pub fn index_lag(&self) -> u64 {
-        self.index_lag.load(Ordering::Acquire)
+        self.index_lag.load(Ordering::Acquire) + self.queued_records.load(Ordering::Acquire)
     }
 
     /// The index workers' lag behind the durable log, in records, as last measured.
@@ -163,10 +172,12 @@ impl ServerLoad {
         });
     }
 
-    /// Queues `bytes` if they fit under the bound, else says when to retry.
-    pub fn admit(self: &Arc<Self>, bytes: u64) -> Result<LoadPermit, Overloaded> {
+    /// Queues a batch of `records` observations, `bytes` in all, if it fits under both
+    /// bounds, else says when to retry.
+    pub fn admit(self: &Arc<Self>, bytes: u64, records: u64) -> Result<LoadPermit, Overloaded> {
         let lag = self.index_lag();
-        if lag >= self.index_lag_max {
+        // As for bytes, a batch larger than the whole bound goes in when nothing lags.
+        if lag > 0 && lag + records > self.index_lag_max {
             return Err(self.refuse(OverloadCause::IndexLag {
                 lag,
                 index_lag_max: self.index_lag_max,
@@ -192,10 +203,12 @@ impl ServerLoad {
                 Err(now) => queued = now,
             }
         }
+        self.queued_records.fetch_add(records, Ordering::AcqRel);
         self.publish();
         Ok(LoadPermit {
             load: self.clone(),
             bytes,
+            records,
             admitted_at: Instant::now(),
         })
     }
@@ -253,6 +266,14 @@ impl Drop for LoadPermit {
     fn drop(&mut self) {
         let before = self.load.queued.fetch_sub(self.bytes, Ordering::AcqRel);
         assert!(before >= self.bytes, "released more than was queued");
+        let before = self
+            .load
+            .queued_records
+            .fetch_sub(self.records, Ordering::AcqRel);
+        assert!(
+            before >= self.records,
+            "released more records than were queued"
+        );
         self.load.record_queue_time(self.admitted_at.elapsed());
         self.load.publish();
     }
@@ -266,14 +287,14 @@ mod tests {
     fn states_follow_the_queue_and_the_bound_refuses_with_a_retry_hint() {
         let load = Arc::new(ServerLoad::new(1000, 100));
         let rx = load.subscribe();
-        let a = load.admit(400).unwrap();
+        let a = load.admit(400, 1).unwrap();
         assert_eq!(load.state(), LoadState::Normal);
-        let b = load.admit(200).unwrap();
+        let b = load.admit(200, 1).unwrap();
         assert_eq!(load.state(), LoadState::Warning);
         assert!(rx.has_changed().unwrap());
-        let c = load.admit(200).unwrap();
+        let c = load.admit(200, 1).unwrap();
         assert_eq!(load.state(), LoadState::Critical);
-        let refused = load.admit(300).unwrap_err();
+        let refused = load.admit(300, 1).unwrap_err();
         assert_eq!(load.state(), LoadState::Overloaded);
         assert_eq!(
             refused.cause,
@@ -288,7 +309,9 @@ mod tests {
         assert_eq!(load.state(), LoadState::Normal);
         drop(c);
         assert_eq!(load.queued(), 0);
-        let whole = load.admit(5000).expect("an oversize batch goes in alone");
+        let whole = load
+            .admit(5000, 1)
+            .expect("an oversize batch goes in alone");
         assert_eq!(load.state(), LoadState::Overloaded);
         drop(whole);
         assert_eq!(load.state(), LoadState::Normal);
@@ -302,31 +325,38 @@ mod tests {
         load.set_index_lag(80);
         assert_eq!(load.state(), LoadState::Critical);
         let small = load
-            .admit(1)
+            .admit(1, 15)
             .expect("below the lag bound a batch still goes in");
-        load.set_index_lag(100);
-        let refused = load.admit(1).unwrap_err();
+        assert_eq!(load.index_lag(), 95, "admitted records count as lag");
+        let refused = load.admit(1, 10).unwrap_err();
         assert_eq!(
             refused.cause,
             OverloadCause::IndexLag {
-                lag: 100,
+                lag: 95,
                 index_lag_max: 100
-            }
+            },
+            "a burst of batches cannot pass the bound before the lag is measured"
         );
         assert!(refused
             .rejection()
             .to_string()
-            .contains("100 records not yet indexed"));
+            .contains("95 records not yet indexed"));
         assert_eq!(load.state(), LoadState::Overloaded);
         drop(small);
         load.set_index_lag(10);
         assert_eq!(load.state(), LoadState::Normal, "the index caught up");
+        assert!(load.admit(1, 500).is_err(), "too big while anything lags");
+        load.set_index_lag(0);
+        assert!(
+            load.admit(1, 500).is_ok(),
+            "a batch larger than the bound goes in alone, or it could never be stored"
+        );
     }
 
     #[tokio::test]
     async fn a_paused_session_resumes_when_the_queue_drains() {
         let load = Arc::new(ServerLoad::new(100, 100));
-        let held = load.admit(80).unwrap();
+        let held = load.admit(80, 1).unwrap();
         let mut rx = load.subscribe();
         let waiter = {
             let load = load.clone();

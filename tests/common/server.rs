@@ -146,14 +146,7 @@ impl Server {
         loop {
             let stats = self.stats();
             let durable = stats["wal"]["durable_lsn"].as_u64().unwrap();
-            let indexed = stats["index"]["workers_indexed_lsn"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|l| l.as_u64().unwrap())
-                .min()
-                .unwrap();
-            if indexed >= durable {
+            if indexed_lsn(&stats) >= durable {
                 return stats;
             }
             assert!(
@@ -186,6 +179,17 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every record up to this LSN is indexed, as a /stats answer says (the slowest worker).
+pub fn indexed_lsn(stats: &serde_json::Value) -> u64 {
+    stats["index"]["workers_indexed_lsn"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_u64().unwrap())
+        .min()
+        .unwrap()
 }
 
 /// One space's entry in a /stats answer.

@@ -279,7 +279,7 @@ async fn dispatch(
         .map(|frame| (frame.seq, frame.observation))
         .unzip();
     let last_seq = *seqs.last().expect("non-empty");
-    let (outcome, queued, overloaded) = match engine.load().admit(bytes) {
+    let (outcome, queued, overloaded) = match engine.load().admit(bytes, seqs.len() as u64) {
         // Submitted here, in the reader, so that the session's batches reach the log in
         // the order they were sent; the acknowledger waits for their syncs.
         Ok(queued) => match engine.submit(batch).await {
