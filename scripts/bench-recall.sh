@@ -9,7 +9,8 @@
 #
 #   scripts/bench-recall.sh [COUNT] [QUERIES] [STREAM_RATE]
 #
-# ENGRAM_BENCH_FLAGS adds serve flags to the main server (e.g. "--index-quantization f16").
+# ENGRAM_BENCH_FLAGS adds serve flags to the main server (e.g. "--index-quantization f32");
+# BENCH_SKIP_PLAIN=1 skips step 4's second server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-100000}
@@ -87,6 +88,7 @@ echo "restart with checkpoints ($((3 * count + stream_rate * 30)) obs): ready $(
 grep -E "rebuilt ingest state|caught up" "$dir/main.log" | tail -3 | sed 's/^[^ ]* *//' | cut -c1-220
 kill -9 "$server"; wait "$server" 2>/dev/null || true
 
+[ -n "${BENCH_SKIP_PLAIN:-}" ] && exit 0
 start_server plain --checkpoint-records 0 --checkpoint-interval-s 0
 load --target quic --connections 2 --count "$count" --space big >/dev/null
 wait_indexed
