@@ -14,12 +14,12 @@ use super::checkpointer::CheckpointPolicy;
 use super::dedupe::{Claims, DedupeIndex, InFlight, Reservation};
 use super::limits::IngestLimits;
 use super::load::ServerLoad;
-use super::rebuild::{rebuild, RebuildError};
+use super::rebuild::{rebuild, restore_checkpoints, RebuildError};
 use super::spaces::Definition;
 use super::spaces::SpaceRegistry;
 use super::validate::{validate, validate_definition, Rejection};
 use super::workers::{IndexConfig, IndexWorkers, WorkerCounters};
-use crate::index::checkpoint::{checkpoints_dir, load_checkpoints, CheckpointError};
+use crate::index::checkpoint::checkpoints_dir;
 
 /// What defining a space explicitly did.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,18 +54,6 @@ pub enum EngineError {
     Rebuild(#[from] RebuildError),
     #[error("starting the index workers: {0}")]
     Workers(std::io::Error),
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    #[error(
-        "the checkpoint of space {space:?} covers the log up to LSN {covered}, but the log \
-         now starts at LSN {oldest}: the records between are gone. Restore the index folder \
-         or the log from a backup"
-    )]
-    CheckpointGap {
-        space: String,
-        covered: Lsn,
-        oldest: Lsn,
-    },
 }
 
 pub struct Engine {
@@ -96,29 +84,8 @@ impl Engine {
         let indexes = Arc::new(SpaceIndexes::new(index.params, index.workers));
         let root = checkpoints_dir(data_dir);
         let started = std::time::Instant::now();
-        let oldest = wal.reader().oldest_lsn();
-        let mut from_checkpoints = 0;
-        for checkpoint in load_checkpoints(&root)? {
-            if checkpoint.covered.next() < oldest {
-                return Err(EngineError::CheckpointGap {
-                    space: checkpoint.space,
-                    covered: checkpoint.covered,
-                    oldest,
-                });
-            }
-            // What the log no longer holds, the checkpoint does: which ids are stored,
-            // and the space itself.
-            spaces.record_definition(&checkpoint.space, checkpoint.dim, checkpoint.metric);
-            for entry in &checkpoint.entries {
-                let first = dedupe.record_durable(&checkpoint.space, &entry.id, entry.lsn);
-                spaces.record(&checkpoint.space, checkpoint.dim, entry.lsn, first);
-            }
-            from_checkpoints += checkpoint.entries.len();
-            tracing::info!(space = %checkpoint.space, covered = %checkpoint.covered,
-                observations = checkpoint.entries.len(), path = %checkpoint.path.display(),
-                "loaded an index checkpoint");
-            indexes.restore(checkpoint);
-        }
+        let from_checkpoints =
+            restore_checkpoints(&root, wal.reader().oldest_lsn(), &dedupe, &spaces, &indexes)?;
         let replayed = rebuild(&wal.reader(), &dedupe, &spaces)?;
         tracing::info!(
             from_checkpoints,

@@ -1,6 +1,10 @@
-//! Rebuilding ingest state from the log on start: which (space, id) are stored, and each
-//! space's dimension.
+//! Rebuilding ingest state on start, from the index checkpoints and then the log: which
+//! (space, id) are stored, and each space's dimension.
 
+use std::path::Path;
+
+use crate::index::checkpoint::{load_checkpoints, CheckpointError};
+use crate::index::SpaceIndexes;
 use crate::observation::Observation;
 use crate::space::SpaceDefinition;
 use crate::wal::{Lsn, RecordKind, WalError, WalReader};
@@ -20,6 +24,52 @@ pub enum RebuildError {
         kind: &'static str,
         reason: String,
     },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(
+        "the checkpoint of space {space:?} covers the log up to LSN {covered}, but the log \
+         now starts at LSN {oldest}: the records between are gone. Restore the index folder \
+         or the log from a backup"
+    )]
+    CheckpointGap {
+        space: String,
+        covered: Lsn,
+        oldest: Lsn,
+    },
+}
+
+/// Loads every space's checkpoint from `root` into `indexes`, and what it holds into
+/// `dedupe` and `spaces`: the log may no longer have those records. Returns how many
+/// observations the checkpoints held. `oldest` is the log's oldest LSN: a checkpoint that
+/// does not reach it leaves a gap, and is refused.
+pub fn restore_checkpoints(
+    root: &Path,
+    oldest: Lsn,
+    dedupe: &DedupeIndex,
+    spaces: &SpaceRegistry,
+    indexes: &SpaceIndexes,
+) -> Result<usize, RebuildError> {
+    let mut observations = 0;
+    for checkpoint in load_checkpoints(root)? {
+        if checkpoint.covered.next() < oldest {
+            return Err(RebuildError::CheckpointGap {
+                space: checkpoint.space,
+                covered: checkpoint.covered,
+                oldest,
+            });
+        }
+        spaces.record_definition(&checkpoint.space, checkpoint.dim, checkpoint.metric);
+        for entry in &checkpoint.entries {
+            let first = dedupe.record_durable(&checkpoint.space, &entry.id, entry.lsn);
+            spaces.record(&checkpoint.space, checkpoint.dim, entry.lsn, first);
+        }
+        observations += checkpoint.entries.len();
+        tracing::info!(space = %checkpoint.space, covered = %checkpoint.covered,
+            observations = checkpoint.entries.len(), path = %checkpoint.path.display(),
+            "loaded an index checkpoint");
+        indexes.restore(checkpoint);
+    }
+    Ok(observations)
 }
 
 /// Replays every observation still in the log into `dedupe` and `spaces`; returns how many.
