@@ -434,7 +434,12 @@ fn read_f32s(path: &Path) -> Vec<f32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recall_quality_on_real_sentence_embeddings() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/minilm-docs-384");
+    // The shared data set lives beside the checkout (../shared), never in it;
+    // ENGRAM_SHARED_DIR points elsewhere.
+    let shared = std::env::var_os("ENGRAM_SHARED_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let dir = shared.join("data/minilm-docs-384");
     let dim = 384;
     let base = read_f32s(&dir.join("base.f32"));
     let queries = read_f32s(&dir.join("queries.f32"));
