@@ -6,7 +6,9 @@ use crate::space::Metric;
 /// Lanes summed independently so the compiler vectorizes the loops.
 const LANES: usize = 8;
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// The sum of `term` over the pairs of components, in independent lanes.
+#[inline(always)]
+fn sum_lanes(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut sums = [0f32; LANES];
     let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -14,33 +16,22 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         .remainder()
         .iter()
         .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(x, y)| term(*x, *y))
         .sum();
     for (x, y) in a_chunks.zip(b_chunks) {
         for lane in 0..LANES {
-            sums[lane] += x[lane] * y[lane];
+            sums[lane] += term(x[lane], y[lane]);
         }
     }
     sums.iter().sum::<f32>() + tail
 }
 
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    sum_lanes(a, b, |x, y| x * y)
+}
+
 fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut sums = [0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum();
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for lane in 0..LANES {
-            let d = x[lane] - y[lane];
-            sums[lane] += d * d;
-        }
-    }
-    sums.iter().sum::<f32>() + tail
+    sum_lanes(a, b, |x, y| (x - y) * (x - y))
 }
 
 /// Scores candidates against one query: higher is more similar. Cosine: the cosine
