@@ -4,8 +4,7 @@
 
 mod common;
 
-use common::server::{space_stats, Server};
-use engram::client::{Backoff, ObservationStream};
+use common::server::{push_through, space_stats, Pushed, Server};
 use engram::synthetic::{observation, Distribution};
 use engram::transport::protocol::LoadState;
 
@@ -20,38 +19,14 @@ async fn a_lagging_index_holds_ingest_back_and_nothing_is_lost() {
     );
     const STREAMS: u64 = 2;
     const EACH: u64 = 1500;
-    let streams: Vec<_> = (0..STREAMS)
-        .map(|c| {
-            let options = server.options(&format!("pusher-{c}"));
-            tokio::spawn(async move {
-                let mut stream = ObservationStream::connect(options, Backoff::default())
-                    .await
-                    .unwrap();
-                for n in (c..STREAMS * EACH).step_by(STREAMS as usize) {
-                    stream
-                        .send(observation(4, "lag", "l-", n, 16, Distribution::Uniform))
-                        .await
-                        .unwrap();
-                }
-                stream.flush().await.unwrap();
-                assert!(stream.take_rejected().is_empty(), "Overloaded is retried");
-                let seen = (
-                    stream.take_acked().len() as u64,
-                    stream.overload_retries,
-                    stream.peak_load,
-                );
-                stream.close().await.unwrap();
-                seen
-            })
-        })
-        .collect();
-    let (mut acked, mut retries, mut peak) = (0, 0, LoadState::Normal);
-    for s in streams {
-        let (a, r, p) = s.await.unwrap();
-        acked += a;
-        retries += r;
-        peak = peak.max(p);
-    }
+    let Pushed {
+        acked,
+        retries,
+        peak,
+    } = push_through(&server, STREAMS, EACH, |n| {
+        observation(4, "lag", "l-", n, 16, Distribution::Uniform)
+    })
+    .await;
     assert_eq!(acked, STREAMS * EACH, "every observation acknowledged");
     assert_eq!(peak, LoadState::Overloaded, "clients were told");
     assert!(retries > 0, "the lag bound refused batches");

@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::server::Server;
+use common::server::{push_through, Pushed, Server};
 use common::stored;
-use engram::client::{Backoff, ObservationStream, Session};
+use engram::client::Session;
 use engram::observation::Observation;
 use engram::synthetic::{observation, Distribution};
 use engram::transport::protocol::{LoadState, RejectCode};
@@ -29,35 +29,11 @@ async fn an_overloaded_server_refuses_with_a_retry_hint_and_retrying_clients_sto
     let server = Server::start(data.path(), &TIGHT);
     const STREAMS: u64 = 4;
     const EACH: u64 = 1000;
-    let streams: Vec<_> = (0..STREAMS)
-        .map(|c| {
-            let options = server.options(&format!("pusher-{c}"));
-            tokio::spawn(async move {
-                let mut stream = ObservationStream::connect(options, Backoff::default())
-                    .await
-                    .unwrap();
-                for n in (c..STREAMS * EACH).step_by(STREAMS as usize) {
-                    stream.send(obs("pushed", n)).await.unwrap();
-                }
-                stream.flush().await.unwrap();
-                let acked = stream.take_acked().len() as u64;
-                assert!(
-                    stream.take_rejected().is_empty(),
-                    "Overloaded is retried, not given up"
-                );
-                let seen = (stream.overload_retries, stream.peak_load);
-                stream.close().await.unwrap();
-                (acked, seen)
-            })
-        })
-        .collect();
-    let (mut acked, mut retries, mut peak) = (0, 0, LoadState::Normal);
-    for s in streams {
-        let (a, (r, p)) = s.await.unwrap();
-        acked += a;
-        retries += r;
-        peak = peak.max(p);
-    }
+    let Pushed {
+        acked,
+        retries,
+        peak,
+    } = push_through(&server, STREAMS, EACH, |n| obs("pushed", n)).await;
     assert_eq!(
         acked,
         STREAMS * EACH,

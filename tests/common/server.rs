@@ -201,3 +201,62 @@ pub fn space_stats<'a>(stats: &'a serde_json::Value, space: &str) -> &'a serde_j
         .find(|s| s["space"] == space)
         .unwrap_or_else(|| panic!("no index for {space}: {stats}"))
 }
+
+/// What a set of retrying streams saw.
+pub struct Pushed {
+    /// Observations acknowledged, over every stream.
+    pub acked: u64,
+    /// Resends of observations refused as Overloaded.
+    pub retries: u64,
+    /// The highest load state the server announced to any of them.
+    pub peak: engram::transport::protocol::LoadState,
+}
+
+/// Runs `streams` ObservationStreams at once against `server`; stream `c` sends
+/// observations `c`, `c + streams`, ... of `0..streams * each`, made by `obs`, then
+/// flushes. Nothing may be given up: every refusal must have been retried.
+pub async fn push_through(
+    server: &Server,
+    streams: u64,
+    each: u64,
+    obs: fn(u64) -> engram::observation::Observation,
+) -> Pushed {
+    use engram::client::{Backoff, ObservationStream};
+    let tasks: Vec<_> = (0..streams)
+        .map(|c| {
+            let options = server.options(&format!("pusher-{c}"));
+            tokio::spawn(async move {
+                let mut stream = ObservationStream::connect(options, Backoff::default())
+                    .await
+                    .unwrap();
+                for n in (c..streams * each).step_by(streams as usize) {
+                    stream.send(obs(n)).await.unwrap();
+                }
+                stream.flush().await.unwrap();
+                assert!(
+                    stream.take_rejected().is_empty(),
+                    "Overloaded is retried, not given up"
+                );
+                let seen = (
+                    stream.take_acked().len() as u64,
+                    stream.overload_retries,
+                    stream.peak_load,
+                );
+                stream.close().await.unwrap();
+                seen
+            })
+        })
+        .collect();
+    let mut pushed = Pushed {
+        acked: 0,
+        retries: 0,
+        peak: Default::default(),
+    };
+    for task in tasks {
+        let (acked, retries, peak) = task.await.unwrap();
+        pushed.acked += acked;
+        pushed.retries += retries;
+        pushed.peak = pushed.peak.max(peak);
+    }
+    pushed
+}
