@@ -228,6 +228,8 @@ impl Worker {
                 }
             };
             let Some(batch) = batch else {
+                // An empty log at start is caught up at once.
+                self.caught_up(0);
                 if !self.wait_for_durable() {
                     return;
                 }
