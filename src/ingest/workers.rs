@@ -320,7 +320,8 @@ impl Worker {
 
     /// Inserts the batch's new observations; how many.
     fn index(&self, batch: &[Record]) -> Result<u64, BatchError> {
-        let mut inserts: Vec<(Arc<SpaceIndex>, u64, &Record)> = Vec::new();
+        // The embedding borrows the record's archive, viewed (and validated) once here.
+        let mut inserts: Vec<(Arc<SpaceIndex>, u64, std::borrow::Cow<'_, [f32]>)> = Vec::new();
         for record in batch {
             match record.kind {
                 RecordKind::Space => {
@@ -349,7 +350,7 @@ impl Worker {
                         obs.what.as_str(),
                     ) {
                         Admission::New(key) | Admission::Pending(key) => {
-                            inserts.push((space, key, record))
+                            inserts.push((space, key, obs.embedding()))
                         }
                         Admission::Indexed => {}
                         Admission::Duplicate => {
@@ -359,13 +360,13 @@ impl Worker {
                 }
             }
         }
-        let insert = |(space, key, record): &(Arc<SpaceIndex>, u64, &Record)| {
-            fault::before_insert();
-            let obs = Observation::view(record.payload()).expect("viewed above");
-            space.insert(*key, &obs.embedding())?;
-            self.counters.inserted.fetch_add(1, Ordering::Relaxed);
-            Ok::<(), BatchError>(())
-        };
+        let insert =
+            |(space, key, embedding): &(Arc<SpaceIndex>, u64, std::borrow::Cow<'_, [f32]>)| {
+                fault::before_insert();
+                space.insert(*key, embedding)?;
+                self.counters.inserted.fetch_add(1, Ordering::Relaxed);
+                Ok::<(), BatchError>(())
+            };
         if inserts.len() >= PARALLEL_INSERTS_MIN {
             inserts.par_iter().try_for_each(insert)?;
         } else {
