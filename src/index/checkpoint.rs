@@ -208,13 +208,19 @@ pub fn write_checkpoint(
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
     write_synced(&tmp.join(MANIFEST_FILE), &json)?;
     sync_dir(&tmp)?;
+    crate::chaos::reached(crate::chaos::CrashPoint::CheckpointWritten);
     fs::rename(&tmp, &done).map_err(io(format!("renaming {}", tmp.display())))?;
+    crate::chaos::reached(crate::chaos::CrashPoint::CheckpointRenamed);
     sync_dir(&dir)?;
     prune(&dir)?;
     Ok(done)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    if crate::chaos::disk_full() {
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        return Err(io(format!("writing {}", path.display()))(full));
+    }
     let mut file = File::create(path).map_err(io(format!("creating {}", path.display())))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())

@@ -1,4 +1,4 @@
-//! HTTP: GET /health (the process is alive), GET /ready (recovery is done and the log
+//! HTTP: GET /health (the process is alive and its log has not failed), GET /ready (recovery is done and the log
 //! accepts writes) and GET /stats (the log and the indexes, as JSON). /metrics joins with
 //! the observability issue.
 
@@ -33,8 +33,26 @@ pub fn router(readiness: Readiness) -> Router {
         .with_state(readiness)
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "live" }))
+/// Live, unless the log failed (a sync or write error): then 503 with the cause, so a
+/// supervisor restarts the server. After such a failure it acknowledges nothing more
+/// (docs/durability.md, "Storage failures").
+async fn health(State(readiness): State<Readiness>) -> (StatusCode, Json<serde_json::Value>) {
+    let failure = readiness
+        .engine
+        .get()
+        .and_then(Weak::upgrade)
+        .and_then(|engine| engine.wal().failure());
+    match failure {
+        Some(cause) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "failed",
+                "cause": cause,
+                "action": "restart the server; recovery keeps every acknowledged observation",
+            })),
+        ),
+        None => (StatusCode::OK, Json(json!({ "status": "live" }))),
+    }
 }
 
 async fn stats(State(readiness): State<Readiness>) -> (StatusCode, Json<serde_json::Value>) {
@@ -73,6 +91,7 @@ async fn stats(State(readiness): State<Readiness>) -> (StatusCode, Json<serde_js
                 "inserted": counters.inserted.load(load),
                 "panics": counters.panics.load(load),
                 "duplicates": counters.duplicates.load(load),
+                "relinked": counters.relinked.load(load),
                 "checkpoints_written": engine.checkpoint_counts().0,
                 "checkpoints_failed": engine.checkpoint_counts().1,
                 "spaces": spaces,
