@@ -322,7 +322,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         checkpoint_records: args.checkpoint_records,
         checkpoint_interval: Duration::from_secs(args.checkpoint_interval_s),
     };
-    let engine = Engine::open(&args.data_dir, config, limits, index)
+    let engine = Engine::open_with_storage(&args.data_dir, config, log_storage(), limits, index)
         .with_context(|| format!("opening the data in {}", args.data_dir.display()))?;
     let engine = Arc::new(engine);
     readiness.set(&engine);
@@ -365,6 +365,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Err(shared) => drop(shared),
     }
     Ok(())
+}
+
+/// The real file system; in a chaos test's server, one that fails where the test says.
+fn log_storage() -> Arc<dyn engram::wal::Storage> {
+    #[cfg(feature = "fault-injection")]
+    if engram::chaos::storage_faults_enabled() {
+        tracing::warn!("storage faults are injected (ENGRAM_FAULT_*): this is a test run");
+        return Arc::new(engram::wal::fault::TriggeredStorage);
+    }
+    Arc::new(engram::wal::OsStorage)
 }
 
 /// SIGTERM or ctrl-c.

@@ -8,7 +8,9 @@ use crate::index::{recall, RecallError, RecallQuery, Recalled, SpaceIndexes};
 use crate::observation::Observation;
 use crate::space::{Metric, SpaceDefinition};
 use crate::transport::protocol::RejectCode;
-use crate::wal::{wal_dir, Entry, Lsn, RecordKind, Submitted, Wal, WalConfig, WalError};
+use crate::wal::{
+    wal_dir, Entry, Lsn, OsStorage, RecordKind, Storage, Submitted, Wal, WalConfig, WalError,
+};
 
 use super::checkpointer::CheckpointPolicy;
 use super::dedupe::{Claims, DedupeIndex, InFlight, Reservation};
@@ -78,7 +80,22 @@ impl Engine {
         limits: IngestLimits,
         index: IndexConfig,
     ) -> Result<Engine, EngineError> {
-        let wal = Arc::new(Wal::open(wal_dir(data_dir), wal_config)?);
+        Engine::open_with_storage(data_dir, wal_config, Arc::new(OsStorage), limits, index)
+    }
+
+    /// `open` with the log on `storage` (tests run it on a backend that loses power).
+    pub fn open_with_storage(
+        data_dir: &Path,
+        wal_config: WalConfig,
+        storage: Arc<dyn Storage>,
+        limits: IngestLimits,
+        index: IndexConfig,
+    ) -> Result<Engine, EngineError> {
+        let wal = Arc::new(Wal::open_with_storage(
+            wal_dir(data_dir),
+            wal_config,
+            storage,
+        )?);
         let dedupe = Arc::new(DedupeIndex::default());
         let spaces = SpaceRegistry::default();
         let indexes = Arc::new(SpaceIndexes::new(index.params, index.workers));

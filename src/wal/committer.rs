@@ -229,6 +229,7 @@ impl Committer {
                 self.buffer_offset
             ));
         }
+        crate::chaos::reached(crate::chaos::CrashPoint::CommitUnsynced);
         if let Err(e) = file.sync_data() {
             return Err(format!("fdatasync of {} failed: {e}", segment.name()));
         }
@@ -274,6 +275,7 @@ impl Committer {
         };
         match prepared.and_then(|p| Segment::install(storage, dir, p, self.next_lsn, config)) {
             Ok(segment) => {
+                crate::chaos::reached(crate::chaos::CrashPoint::SegmentRolled);
                 let segment = Arc::new(segment);
                 let mut segments = shared.segments.write().expect("segment list lock");
                 // An empty last segment with the same first LSN was just replaced by rename.

@@ -389,3 +389,84 @@ impl Storage for FaultyStorage {
         OsStorage.list_files(dir)
     }
 }
+
+/// The real file system, failing where the running test says (`crate::chaos`): preallocation
+/// with ENOSPC while the disk is "full", syncs with EIO while they "fail". Lets a chaos test
+/// inject both into the real server binary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TriggeredStorage;
+
+#[derive(Debug)]
+struct TriggeredFile(Arc<dyn StorageFile>);
+
+fn failing_sync() -> io::Result<()> {
+    if crate::chaos::sync_fails() {
+        return Err(eio());
+    }
+    Ok(())
+}
+
+impl StorageFile for TriggeredFile {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        failing_sync()?;
+        self.0.sync_data()
+    }
+
+    fn allocate(&self, len: u64, how: Preallocation) -> io::Result<()> {
+        if crate::chaos::disk_full() {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.0.allocate(len, how)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        self.0.size()
+    }
+
+    fn map(&self) -> io::Result<FileMap> {
+        self.0.map()
+    }
+}
+
+impl Storage for TriggeredStorage {
+    fn create_new(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
+        Ok(Arc::new(TriggeredFile(OsStorage.create_new(path)?)))
+    }
+
+    fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn StorageFile>> {
+        Ok(Arc::new(TriggeredFile(OsStorage.open(path, writable)?)))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        OsStorage.rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        OsStorage.remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        failing_sync()?;
+        OsStorage.sync_dir(dir)
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        OsStorage.create_dir_all(dir)
+    }
+
+    fn list_files(&self, dir: &Path) -> io::Result<Vec<String>> {
+        OsStorage.list_files(dir)
+    }
+}

@@ -289,6 +289,7 @@ impl Wal {
                 break;
             }
             removed += 1;
+            crate::chaos::reached(crate::chaos::CrashPoint::SegmentRemoved);
         }
         // Readers holding a removed segment keep their mapping: unlink does not unmap.
         segments.drain(..removed);

@@ -56,11 +56,15 @@ impl Server {
             .spawn()
             .expect("start engram serve");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut before_up = Vec::new();
         let up = lines
             .by_ref()
             .map(|l| l.expect("server log"))
-            .find(|l| l.contains("engram is up"))
-            .expect("the server came up");
+            .find(|l| {
+                before_up.push(l.clone());
+                l.contains("engram is up")
+            })
+            .unwrap_or_else(|| panic!("the server did not come up; its log: {before_up:#?}"));
         let addr = up
             .split("quic_addr=")
             .nth(1)
