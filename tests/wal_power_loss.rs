@@ -225,7 +225,8 @@ fn after_a_failed_sync_no_append_is_acknowledged() {
 /// ENOSPC while preparing a segment: a retryable error for the append that needs it, no
 /// LSN used, the log not failed, and writing resumes once space is back. With
 /// `prepare_next_segment`, the next segment is prepared in the background right after each
-/// roll, and its failure surfaces at the following roll.
+/// roll; if that failed, the following roll tries again, and only its own failure refuses
+/// (a failure from before space came back must not).
 fn full_disk_at_segment_creation(prepare_next_segment: bool) {
     let dir = tempfile::tempdir().unwrap();
     let storage = FaultyStorage::new(11);
@@ -235,8 +236,15 @@ fn full_disk_at_segment_creation(prepare_next_segment: bool) {
     };
     let wal = Wal::open_with_storage(dir.path(), config, Arc::new(storage.clone())).unwrap();
     // Two failed tries at the first segment, then success; with preparation on, the
-    // background preparation of the second segment (the fourth allocation) fails too.
-    storage.enospc_on_allocations(&[true, true, false, prepare_next_segment]);
+    // background preparation of the second segment (the fourth allocation) and the
+    // roll's own try (the fifth) fail too.
+    storage.enospc_on_allocations(&[
+        true,
+        true,
+        false,
+        prepare_next_segment,
+        prepare_next_segment,
+    ]);
     for _ in 0..2 {
         let err = wal.append_blocking(vec![entry(0, 0, 100)]).unwrap_err();
         assert!(

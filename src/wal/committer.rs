@@ -264,14 +264,15 @@ impl Committer {
         }
         let shared = self.shared.clone();
         let (storage, dir, config) = (shared.storage.as_ref(), &shared.dir, &shared.config);
-        let prepared = match self.spare.take() {
-            Some(spare) => spare.join().unwrap_or_else(|_| {
-                Err(WalError::io(
-                    "preparing the next segment",
-                    std::io::Error::other("the thread panicked"),
-                ))
-            }),
-            None => Segment::prepare(storage, dir, config),
+        let prepared = match self.spare.take().map(|spare| spare.join()) {
+            Some(Ok(Ok(prepared))) => Ok(prepared),
+            // A spare that failed (a full disk then, perhaps not now) is tried again now,
+            // so that a refusal is never older than the roll it refuses.
+            Some(Ok(Err(_))) | None => Segment::prepare(storage, dir, config),
+            Some(Err(_)) => Err(WalError::io(
+                "preparing the next segment",
+                std::io::Error::other("the thread panicked"),
+            )),
         };
         match prepared.and_then(|p| Segment::install(storage, dir, p, self.next_lsn, config)) {
             Ok(segment) => {
