@@ -227,6 +227,40 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
         .map_err(io(format!("writing {}", path.display())))
 }
 
+/// Removes every checkpoint that covers records past `log_end`, the log's last LSN. Only
+/// a repaired log ends before a checkpoint (`engram-wal repair` cut it at a corruption):
+/// such a checkpoint holds records the log no longer has, and the LSNs after the cut
+/// will be used again. Returns how many were removed.
+pub fn discard_beyond(root: &Path, log_end: Lsn) -> Result<usize, CheckpointError> {
+    if !root.exists() {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    for entry in fs::read_dir(root).map_err(io(format!("listing {}", root.display())))? {
+        let dir = entry
+            .map_err(io(format!("listing {}", root.display())))?
+            .path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let mut changed = false;
+        for (covered, path) in checkpoints_in(&dir)? {
+            if covered > log_end {
+                tracing::warn!(checkpoint = %path.display(), %covered, %log_end,
+                    "a checkpoint covers records past the end of the log (was the log \
+                     repaired?); removed, the index is rebuilt from older ones and the log");
+                fs::remove_dir_all(&path).map_err(io(format!("removing {}", path.display())))?;
+                changed = true;
+                removed += 1;
+            }
+        }
+        if changed {
+            sync_dir(&dir)?;
+        }
+    }
+    Ok(removed)
+}
+
 /// The covered LSNs of a space folder's checkpoints, newest first.
 fn checkpoints_in(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, CheckpointError> {
     let mut found = Vec::new();

@@ -101,8 +101,8 @@ impl Engine {
         let indexes = Arc::new(SpaceIndexes::new(index.params, index.workers));
         let root = checkpoints_dir(data_dir);
         let started = std::time::Instant::now();
-        let from_checkpoints =
-            restore_checkpoints(&root, wal.reader().oldest_lsn(), &dedupe, &spaces, &indexes)?;
+        let log_range = (wal.reader().oldest_lsn(), wal.durable_lsn());
+        let from_checkpoints = restore_checkpoints(&root, log_range, &dedupe, &spaces, &indexes)?;
         let replayed = rebuild(&wal.reader(), &dedupe, &spaces)?;
         tracing::info!(
             from_checkpoints,

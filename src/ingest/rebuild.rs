@@ -40,15 +40,17 @@ pub enum RebuildError {
 
 /// Loads every space's checkpoint from `root` into `indexes`, and what it holds into
 /// `dedupe` and `spaces`: the log may no longer have those records. Returns how many
-/// observations the checkpoints held. `oldest` is the log's oldest LSN: a checkpoint that
-/// does not reach it leaves a gap, and is refused.
+/// observations the checkpoints held. `oldest` and `newest` are the log's first and last
+/// LSN: a checkpoint that does not reach `oldest` leaves a gap, and is refused; one past
+/// `newest` (a repaired log) is removed first.
 pub fn restore_checkpoints(
     root: &Path,
-    oldest: Lsn,
+    (oldest, newest): (Lsn, Lsn),
     dedupe: &DedupeIndex,
     spaces: &SpaceRegistry,
     indexes: &SpaceIndexes,
 ) -> Result<usize, RebuildError> {
+    crate::index::checkpoint::discard_beyond(root, newest)?;
     let mut observations = 0;
     for checkpoint in load_checkpoints(root)? {
         if checkpoint.covered.next() < oldest {
