@@ -206,7 +206,7 @@ async fn a_full_disk_refuses_with_a_retryable_error_and_writing_resumes_when_spa
     // Space is back: the refused ones are resent and stored, and more after them.
     std::fs::remove_file(&full).unwrap();
     let written_before = stats["index"]["checkpoints_written"].as_u64().unwrap();
-    let resend: Vec<Observation> = refused.drain(..).collect();
+    let resend = std::mem::take(&mut refused);
     for o in resend {
         in_flight.push(send(&mut session, o).await);
     }
