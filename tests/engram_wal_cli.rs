@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::observation_entry;
+use common::{engram_wal, observation_entry};
 use engram::wal::{wal_dir, Lsn, SegmentName, Wal, WalConfig, FIRST_RECORD_OFFSET};
 
 const SPACES: [&str; 3] = ["alpha", "beta", "gamma"];
@@ -35,15 +35,6 @@ fn data_dir_with_log(per_space: u32) -> tempfile::TempDir {
     }
     drop(wal);
     data
-}
-
-fn engram_wal(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_engram-wal"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .expect("run engram-wal")
 }
 
 fn stdout(o: &Output) -> String {

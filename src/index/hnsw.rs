@@ -196,6 +196,13 @@ impl VectorIndex for Hnsw {
         self.graph.read().expect("graph lock").contains(key)
     }
 
+    fn relink(&self, key: u64, vector: &[f32]) -> Result<(), IndexError> {
+        // Exclusive: no search may meet the node between its removal and its return.
+        let graph = self.graph.write().expect("graph lock");
+        graph.remove(key).map_err(library)?;
+        graph.add(key, vector).map_err(library)
+    }
+
     fn len(&self) -> usize {
         self.graph.read().expect("graph lock").size()
     }

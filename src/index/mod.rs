@@ -100,6 +100,9 @@ pub trait VectorIndex: Send + Sync {
     /// Copies the vector stored under `key` into `out`; false if there is none.
     fn vector(&self, key: u64, out: &mut [f32]) -> bool;
     fn contains(&self, key: u64) -> bool;
+    /// Adds `key`, already present, once more, alone: links a node that concurrent
+    /// inserts left where no search reaches it.
+    fn relink(&self, key: u64, vector: &[f32]) -> Result<(), IndexError>;
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0

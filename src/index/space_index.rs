@@ -194,6 +194,21 @@ impl SpaceIndex {
         );
         self.graph.insert(key, vector)
     }
+
+    /// Whether a search for `vector`, stored under `key`, finds it. Two results, not
+    /// one, so that an identical vector under another key does not count as a miss.
+    pub fn finds(&self, key: u64, vector: &[f32]) -> Result<bool, IndexError> {
+        Ok(self
+            .graph
+            .search(vector, 2, None)?
+            .iter()
+            .any(|&(found, _)| found == key))
+    }
+
+    /// See `VectorIndex::relink`.
+    pub fn relink(&self, key: u64, vector: &[f32]) -> Result<(), IndexError> {
+        self.graph.relink(key, vector)
+    }
 }
 
 /// Every space's index, and the progress of the workers they are partitioned over.

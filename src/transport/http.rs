@@ -91,6 +91,7 @@ async fn stats(State(readiness): State<Readiness>) -> (StatusCode, Json<serde_js
                 "inserted": counters.inserted.load(load),
                 "panics": counters.panics.load(load),
                 "duplicates": counters.duplicates.load(load),
+                "relinked": counters.relinked.load(load),
                 "checkpoints_written": engine.checkpoint_counts().0,
                 "checkpoints_failed": engine.checkpoint_counts().1,
                 "spaces": spaces,

@@ -8,9 +8,10 @@
 mod common;
 
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::process::{Command, Output};
 
+use std::process::Command;
+
+use common::engram_wal;
 use common::server::Server;
 use engram::client::Session;
 use engram::index::RecallQuery;
@@ -26,15 +27,6 @@ const FLAGS: [&str; 4] = [
 
 fn obs(n: u64) -> Observation {
     observation(61, "bits", "b-", n, 384, Distribution::Uniform)
-}
-
-fn engram_wal(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_engram-wal"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .expect("run engram-wal")
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -5,8 +5,8 @@
 //! acknowledged observation must be stored exactly once, unchanged, indexed once, and its
 //! own embedding must recall it first.
 //!
-//! `CHAOS_CYCLES` sets the number of kills (12 by default: about 3 minutes here, each crash
-//! point at least once), `CHAOS_SEED` the seed (random
+//! `CHAOS_CYCLES` sets the number of kills (20 by default, each crash point at least
+//! twice), `CHAOS_SEED` the seed (random
 //! by default; printed, and printed again on failure).
 
 #[path = "../common/mod.rs"]
@@ -202,10 +202,13 @@ async fn check(server: &Server, ledger: &Ledger, rng: &mut StdRng, seed: u64, cy
     let all: Vec<&Observation> = acked.values().collect();
     for _ in 0..all.len().min(40) {
         let o = all[rng.random_range(0..all.len())];
-        let recalled = session
-            .recall(&RecallQuery::new(&o.space, o.embedding.clone(), 3))
-            .await
-            .unwrap();
+        // Through the graph, with a wider beam than the default 64: HNSW is approximate,
+        // and at 60,000 of these vectors a space its own search misses about 1 self-query
+        // in 2,000 at 64 (measured, inserted one at a time or in parallel alike) and none
+        // in 8,572 at 256.
+        let mut query = RecallQuery::new(&o.space, o.embedding.clone(), 3);
+        query.ef = Some(256);
+        let recalled = session.recall(&query).await.unwrap();
         let top = &recalled.hits[0];
         assert_eq!(
             top.id, o.id,
@@ -250,7 +253,7 @@ fn plan(cycle: u64, rng: &mut StdRng) -> Kill {
     }
     let point = CrashPoint::ALL[(cycle / 2) as usize % CrashPoint::ALL.len()];
     let n = match point {
-        CrashPoint::CommitUnsynced => rng.random_range(1..300),
+        CrashPoint::CommitUnsynced => rng.random_range(1..60),
         _ => rng.random_range(1..=2),
     };
     Kill::At(point, n)
@@ -258,7 +261,7 @@ fn plan(cycle: u64, rng: &mut StdRng) -> Kill {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_observation_survives_repeated_sigkills_exactly_once() {
-    let cycles = setting("CHAOS_CYCLES").unwrap_or(12);
+    let cycles = setting("CHAOS_CYCLES").unwrap_or(20);
     let seed = setting("CHAOS_SEED").unwrap_or_else(rand::random);
     eprintln!("kill cycles: {cycles}, CHAOS_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);

@@ -235,12 +235,7 @@ async fn a_full_disk_refuses_with_a_retryable_error_and_writing_resumes_when_spa
     assert!(server.terminate().success());
 
     // Nothing is corrupted: the log verifies and a restart holds each exactly once.
-    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_engram-wal"))
-        .arg("--data-dir")
-        .arg(data.path())
-        .arg("verify")
-        .output()
-        .unwrap();
+    let verify = common::engram_wal(data.path(), &["verify"]);
     assert!(
         verify.status.success(),
         "{}",

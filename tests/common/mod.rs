@@ -7,6 +7,16 @@ use std::path::Path;
 
 use engram::wal::{scan_log, Entry, LogFiles, LogScan, Lsn, OsStorage, RecordKind, WalConfig};
 
+/// Runs the `engram-wal` binary on `data` (a server data directory).
+pub fn engram_wal(data: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_engram-wal"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("run engram-wal")
+}
+
 /// A config with small segments, so tests roll over segments often.
 pub fn small_config(segment_bytes: u64) -> WalConfig {
     WalConfig {
