@@ -47,7 +47,8 @@ impl Backoff {
 /// The least wait before resending what an overloaded server refused.
 const RETRY_AFTER_MS_MIN: u32 = 10;
 
-/// Observations held while unacknowledged, at most; `send` waits for acks past it.
+/// Observations held while unacknowledged, at most, by default; `send` waits for acks
+/// past it (`ObservationStream::set_pending_max`).
 pub const PENDING_OBSERVATIONS_MAX: usize = 4096;
 
 pub struct ObservationStream {
@@ -57,6 +58,7 @@ pub struct ObservationStream {
     token: Option<[u8; RESUME_TOKEN_BYTES]>,
     /// Sent (or to be resent) and not yet acknowledged, with their seq in the session.
     pending: VecDeque<(u64, Observation)>,
+    pending_max: usize,
     acked: Vec<Observation>,
     rejected: Vec<(Observation, Rejected)>,
     /// Refused as Overloaded: resent once `retry_at` has passed.
@@ -83,6 +85,7 @@ impl ObservationStream {
             session: None,
             token: None,
             pending: VecDeque::new(),
+            pending_max: PENDING_OBSERVATIONS_MAX,
             acked: Vec::new(),
             rejected: Vec::new(),
             retry: VecDeque::new(),
@@ -96,9 +99,15 @@ impl ObservationStream {
         Ok(stream)
     }
 
+    /// Holds at most `max` (at least 1) observations unacknowledged: a smaller window
+    /// means less to resend after a lost connection, a larger one more throughput.
+    pub fn set_pending_max(&mut self, max: usize) {
+        self.pending_max = max.max(1);
+    }
+
     /// Queues and sends one observation, reconnecting if the connection is lost.
     pub async fn send(&mut self, obs: Observation) -> Result<(), ClientError> {
-        while self.pending.len() >= PENDING_OBSERVATIONS_MAX {
+        while self.pending.len() >= self.pending_max {
             let oldest = self.pending.front().expect("non-empty").0;
             self.wait_acked_once(oldest).await?;
         }

@@ -105,6 +105,9 @@ impl Client {
             attempts_max: 2_000,
         };
         let mut stream = ObservationStream::connect(options, backoff).await.unwrap();
+        // A small window: each restart resends at most this much per client, which keeps
+        // a cycle to a few thousand observations, so that many cycles fit in a run.
+        stream.set_pending_max(512);
         let mut n = 0u64;
         loop {
             let now = *phase.borrow_and_update();
@@ -230,6 +233,31 @@ async fn check(server: &Server, ledger: &Ledger, rng: &mut StdRng, seed: u64, cy
     session.goodbye().await.unwrap();
 }
 
+/// Waits for `future`, failing the test (with what it waited for) after 5 minutes rather
+/// than hanging: a deadline against a stuck run, not a synchronisation.
+async fn within<T>(
+    seed: u64,
+    cycle: u64,
+    what: &str,
+    future: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::time::timeout(Duration::from_secs(300), future)
+        .await
+        .unwrap_or_else(|_| panic!("seed {seed}, cycle {cycle}: {what} took over 5 minutes"))
+}
+
+/// SIGKILLs a server process when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) has no memory effects; the pid is our child's, not yet reaped.
+        unsafe {
+            libc::kill(self.0 as i32, libc::SIGKILL);
+        }
+    }
+}
+
 fn crash_env(kill: Kill) -> Vec<(String, String)> {
     match kill {
         Kill::AfterAcks(_) => vec![],
@@ -305,27 +333,40 @@ async fn every_acknowledged_observation_survives_repeated_sigkills_exactly_once(
         let mut counted = acked_count.subscribe();
         match kill {
             Kill::AfterAcks(k) => {
-                counted.wait_for(|c| *c >= base + k).await.unwrap();
+                within(
+                    seed,
+                    cycle,
+                    "streaming to the kill",
+                    counted.wait_for(|c| *c >= base + k),
+                )
+                .await
+                .unwrap();
                 running.kill9();
             }
             Kill::At(point, n) => {
                 // The server kills itself; if the point is not reached in a long stretch
                 // of streaming, the cycle ends with an outside kill and is not counted.
                 let pid = running.child.id();
+                // If this test fails while the server lives, the runtime would wait for
+                // the blocked wait below forever; the guard kills the server instead.
+                let guard = KillOnDrop(pid);
                 let mut exited = tokio::task::spawn_blocking(move || {
                     let status = running.child.wait().unwrap();
                     // Every line up to the exit: the reader thread ends at end of file.
                     let log: Vec<String> = running.log.iter().collect();
                     (status, log)
                 });
-                let (status, log) = tokio::select! {
-                    done = &mut exited => done.unwrap(),
-                    _ = counted.wait_for(|c| *c >= base + 20_000) => {
-                        let pid = pid.to_string();
-                        let _ = std::process::Command::new("kill").args(["-9", &pid]).status();
-                        exited.await.unwrap()
+                let ended = async {
+                    tokio::select! {
+                        done = &mut exited => done.unwrap(),
+                        _ = counted.wait_for(|c| *c >= base + 20_000) => {
+                            drop(KillOnDrop(pid));
+                            (&mut exited).await.unwrap()
+                        }
                     }
                 };
+                let (status, log) = within(seed, cycle, "the crash", ended).await;
+                std::mem::forget(guard);
                 use std::os::unix::process::ExitStatusExt;
                 assert_eq!(
                     status.signal(),
@@ -343,7 +384,9 @@ async fn every_acknowledged_observation_survives_repeated_sigkills_exactly_once(
         let clean = start(data.path(), &addr, Kill::AfterAcks(0));
         phase.send_replace(Phase::Quiet(cycle));
         for _ in 0..CLIENTS {
-            assert_eq!(quiet.recv().await, Some(cycle));
+            // A client that panicked (its message is above) never says it is quiet.
+            let round = within(seed, cycle, "the clients settling", quiet.recv()).await;
+            assert_eq!(round, Some(cycle));
         }
         check(&clean, &ledger, &mut rng, seed, cycle).await;
         eprintln!(
