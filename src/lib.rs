@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod client;
 pub mod index;
 pub mod ingest;
+pub mod metrics;
 pub mod observation;
 pub mod space;
 pub mod synthetic;

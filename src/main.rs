@@ -142,6 +142,10 @@ struct ServeArgs {
     /// Seconds between a worker's checkpoints when anything was inserted (0: not by time).
     #[arg(long, env = "ENGRAM_CHECKPOINT_INTERVAL_S", default_value_t = engram::ingest::checkpointer::CHECKPOINT_INTERVAL_DEFAULT.as_secs())]
     checkpoint_interval_s: u64,
+    /// Spaces that get their own `space` label in /metrics; later ones are counted
+    /// together under `space="_other"`, so that the series stay bounded.
+    #[arg(long, env = "ENGRAM_METRICS_SPACES_MAX", default_value_t = engram::metrics::SPACE_LABELS_MAX_DEFAULT)]
+    metrics_spaces_max: usize,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -212,6 +216,7 @@ struct ConfigFile {
     index_quantization: Option<engram::index::Quantization>,
     checkpoint_records: Option<u64>,
     checkpoint_interval_s: Option<u64>,
+    metrics_spaces_max: Option<usize>,
 }
 
 /// Fills every setting that came from neither the command line nor the environment from
@@ -260,6 +265,7 @@ fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyhow::
     fill!(index_quantization, anyhow::Ok);
     fill!(checkpoint_records, anyhow::Ok);
     fill!(checkpoint_interval_s, anyhow::Ok);
+    fill!(metrics_spaces_max, anyhow::Ok);
     fill!(wal_recovery_mode, |v: String| {
         <RecoveryModeArg as clap::ValueEnum>::from_str(&v.replace('_', "-"), false)
             .map_err(|e| anyhow::anyhow!("wal_recovery_mode in {}: {e}", path.display()))
@@ -322,8 +328,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         checkpoint_records: args.checkpoint_records,
         checkpoint_interval: Duration::from_secs(args.checkpoint_interval_s),
     };
+    let metrics = engram::metrics::metrics();
+    metrics.set_space_labels_max(args.metrics_spaces_max);
+    let opening = std::time::Instant::now();
     let engine = Engine::open_with_storage(&args.data_dir, config, log_storage(), limits, index)
         .with_context(|| format!("opening the data in {}", args.data_dir.display()))?;
+    metrics
+        .recovery_duration
+        .set(opening.elapsed().as_secs_f64());
     let engine = Arc::new(engine);
     readiness.set(&engine);
     runtime.block_on(async {

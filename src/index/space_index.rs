@@ -67,6 +67,8 @@ pub struct IndexProgress {
     /// Reads on from just after `indexed`: where a recall starts its scan of the
     /// unindexed tail, and where the worker resumes after a panic.
     resume: Mutex<Option<RecordCursor>>,
+    /// Nanoseconds the worker spent reading and indexing batches since start.
+    busy_ns: AtomicU64,
 }
 
 impl IndexProgress {
@@ -74,7 +76,17 @@ impl IndexProgress {
         IndexProgress {
             indexed: AtomicU64::new(0),
             resume: Mutex::new(None),
+            busy_ns: AtomicU64::new(0),
         }
+    }
+
+    pub fn busy_ns(&self) -> u64 {
+        self.busy_ns.load(Ordering::Relaxed)
+    }
+
+    pub fn add_busy(&self, took: std::time::Duration) {
+        self.busy_ns
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
     }
 
     pub fn indexed_lsn(&self) -> Lsn {

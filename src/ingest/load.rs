@@ -164,8 +164,15 @@ fn level(used: u64, max: u64) -> LoadState {
 
 impl ServerLoad {
     fn publish(&self) {
-        let now = self.state_at(self.queued());
+        self.set_state(self.state_at(self.queued()));
+    }
+
+    /// Moves to `now`, counting each rise into backpressure (Critical or Overloaded).
+    fn set_state(&self, now: LoadState) {
         self.state.send_if_modified(|s| {
+            if *s < LoadState::Critical && now >= LoadState::Critical {
+                crate::metrics::metrics().backpressure_activations.inc();
+            }
             let changed = *s != now;
             *s = now;
             changed
@@ -214,11 +221,7 @@ impl ServerLoad {
     }
 
     fn refuse(&self, cause: OverloadCause) -> Overloaded {
-        self.state.send_if_modified(|s| {
-            let changed = *s != LoadState::Overloaded;
-            *s = LoadState::Overloaded;
-            changed
-        });
+        self.set_state(LoadState::Overloaded);
         Overloaded {
             retry_after: self.retry_after(self.queued()),
             cause,

@@ -237,6 +237,7 @@ impl Worker {
                 }
                 continue;
             };
+            let started = std::time::Instant::now();
             let outcome = catch_unwind(AssertUnwindSafe(|| self.index(&batch)));
             match outcome {
                 Ok(Ok(inserted)) => {
@@ -246,6 +247,7 @@ impl Worker {
                     self.schedule
                         .after_batch(self.worker, &self.indexes, inserted, covered);
                     self.progress().advance(&self.cursor);
+                    self.progress().add_busy(started.elapsed());
                     self.lag.publish();
                     self.caught_up(inserted);
                 }
@@ -284,6 +286,7 @@ impl Worker {
     /// Goes back to the indexed LSN after a failed batch.
     fn restart(&mut self, cause: &str) {
         self.counters.panics.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics().worker_restarts.inc();
         self.cursor = self
             .progress()
             .resume_cursor()

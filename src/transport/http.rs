@@ -30,6 +30,7 @@ pub fn router(readiness: Readiness) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
         .with_state(readiness)
 }
 
@@ -52,6 +53,51 @@ async fn health(State(readiness): State<Readiness>) -> (StatusCode, Json<serde_j
             })),
         ),
         None => (StatusCode::OK, Json(json!({ "status": "live" }))),
+    }
+}
+
+/// Prometheus' text format. Gauges of state the engine keeps are read from it now.
+async fn metrics(State(readiness): State<Readiness>) -> impl axum::response::IntoResponse {
+    let metrics = crate::metrics::metrics();
+    if let Some(engine) = readiness.engine.get().and_then(Weak::upgrade) {
+        sample(metrics, &engine);
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+}
+
+fn sample(metrics: &crate::metrics::Metrics, engine: &Engine) {
+    let load = engine.load();
+    metrics.queue_depth.set(load.queued() as i64);
+    metrics.backpressure_state.set(load.state() as i64);
+    let wal = engine.wal();
+    metrics.wal_segments.set(wal.stats().segments as i64);
+    metrics.wal_failed.set(i64::from(wal.failure().is_some()));
+    let indexes = engine.indexes();
+    let busy: Vec<u64> = (0..indexes.workers())
+        .map(|w| indexes.worker_progress(w).busy_ns())
+        .collect();
+    metrics.sample_worker_busy(&busy);
+    // Spaces past the label bound add up under `_other`.
+    let mut lag: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
+    let summaries = engine.spaces().summaries();
+    for summary in &summaries {
+        let vectors = indexes.get(&summary.name).map_or(0, |i| i.len() as i64);
+        let entry = lag.entry(metrics.space_label(&summary.name)).or_default();
+        entry.0 += (summary.observations as i64 - vectors).max(0);
+        entry.1 += vectors;
+    }
+    for (label, (behind, vectors)) in lag {
+        metrics.index_lag.with_label_values(&[label]).set(behind);
+        metrics
+            .index_vectors
+            .with_label_values(&[label])
+            .set(vectors);
     }
 }
 

@@ -230,9 +230,15 @@ impl Committer {
             ));
         }
         crate::chaos::reached(crate::chaos::CrashPoint::CommitUnsynced);
+        let syncing = std::time::Instant::now();
         if let Err(e) = file.sync_data() {
             return Err(format!("fdatasync of {} failed: {e}", segment.name()));
         }
+        let metrics = crate::metrics::metrics();
+        metrics
+            .fsync_duration
+            .observe(syncing.elapsed().as_secs_f64());
+        metrics.wal_bytes_written.inc_by(self.buffer.len() as u64);
         let c = &self.shared.counters;
         c.bytes_written
             .fetch_add(self.buffer.len() as u64, Ordering::Relaxed);

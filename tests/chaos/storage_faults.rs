@@ -119,6 +119,11 @@ async fn after_a_failed_fsync_nothing_more_is_acknowledged_and_every_ack_survive
         "{body}"
     );
     assert_eq!(server.http_get("/ready").0, 503);
+    let (_, metrics) = server.http_get("/metrics");
+    assert!(
+        metrics.lines().any(|l| l == "engram_wal_failed 1"),
+        "{metrics}"
+    );
     let mut late = Session::connect(&server.options("late"), None)
         .await
         .unwrap();

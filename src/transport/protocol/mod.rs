@@ -367,6 +367,25 @@ pub enum RejectCode {
     TooManySpaces = 11,
 }
 
+impl RejectCode {
+    /// The name used in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectCode::InvalidSpace => "invalid_space",
+            RejectCode::InvalidId => "invalid_id",
+            RejectCode::DimensionMismatch => "dimension_mismatch",
+            RejectCode::NonFiniteEmbedding => "non_finite_embedding",
+            RejectCode::WhatTooLong => "what_too_long",
+            RejectCode::ConfidenceOutOfRange => "confidence_out_of_range",
+            RejectCode::DimensionTooLarge => "dimension_too_large",
+            RejectCode::Overloaded => "overloaded",
+            RejectCode::StorageFull => "storage_full",
+            RejectCode::EmptyEmbedding => "empty_embedding",
+            RejectCode::TooManySpaces => "too_many_spaces",
+        }
+    }
+}
+
 /// Why the session ends (Error.code).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u16)]

@@ -115,6 +115,7 @@ pub(super) async fn acknowledge(
                 _credits,
                 _queued,
                 overloaded,
+                received,
             } => {
                 let outcome = match outcome {
                     BatchOutcome::Submitted(task) => task.await.expect("ingest does not panic"),
@@ -127,6 +128,7 @@ pub(super) async fn acknowledge(
                         return Err(e.into());
                     }
                 };
+                let metrics = crate::metrics::metrics();
                 let mut frames = Vec::new();
                 if let Some(o) = overloaded {
                     told = LoadState::Overloaded;
@@ -137,7 +139,13 @@ pub(super) async fn acknowledge(
                         Handled::Stored { lsn } | Handled::Duplicate { lsn } => {
                             last_lsn = last_lsn.max(lsn.0)
                         }
-                        Handled::Rejected(rejection) => frames.push(rejection.to_frame(*seq)),
+                        Handled::Rejected(rejection) => {
+                            metrics
+                                .rejected
+                                .with_label_values(&[rejection.code.name()])
+                                .inc();
+                            frames.push(rejection.to_frame(*seq))
+                        }
                     }
                 }
                 ack.last_acked = ack.last_acked.max(last_seq);
@@ -147,6 +155,10 @@ pub(super) async fn acknowledge(
                 });
                 write_frames(&mut ack.send, &frames).await?;
                 ack.sessions.acked(&ack.token, ack.last_acked);
+                let latency = received.elapsed().as_secs_f64();
+                for _ in &seqs {
+                    metrics.observation_latency.observe(latency);
+                }
             }
             Work::Request(Frame::Recall {
                 request_id,
@@ -165,8 +177,12 @@ pub(super) async fn acknowledge(
                     consistency,
                 };
                 let query_id = (!query_id.is_empty()).then_some(query_id);
+                let asked = std::time::Instant::now();
                 let frames = answer_recall(ack.engine.clone(), request_id, query, query_id).await;
                 write_frames(&mut ack.send, &frames).await?;
+                crate::metrics::metrics()
+                    .recall_latency
+                    .observe(asked.elapsed().as_secs_f64());
             }
             Work::Request(request) => match answer(&ack.engine, request).await {
                 Ok(answer) => write_frames(&mut ack.send, &[answer]).await?,

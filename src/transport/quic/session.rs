@@ -42,6 +42,8 @@ pub(super) enum Work {
         _queued: Option<LoadPermit>,
         /// Set when the server refused the whole batch: the client retries after this.
         overloaded: Option<Overloaded>,
+        /// When the batch reached ingest: its observations' latency runs to their ack.
+        received: std::time::Instant,
     },
     /// A request frame to answer (ListSpaces, CheckIds, CreateSpace, Recall).
     Request(Frame),
@@ -56,6 +58,7 @@ pub(super) async fn run_session(
     recv: quinn::RecvStream,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
+    let _active = ActiveSession::start();
     let limits = engine.limits().announced();
     let mut reader = FrameReader::new(recv, limits.frame_bytes_max);
     let hello = match reader.next().await {
@@ -273,6 +276,7 @@ async fn dispatch(
     if batch.is_empty() {
         return true;
     }
+    let received = std::time::Instant::now();
     let bytes: u64 = batch.iter().map(|o| o.encoded_len() as u64).sum();
     let (seqs, batch): (Vec<u64>, Vec<_>) = std::mem::take(batch)
         .into_iter()
@@ -303,7 +307,24 @@ async fn dispatch(
         _credits: credits,
         _queued: queued,
         overloaded,
+        received,
     })
     .await
     .is_ok()
+}
+
+/// Counts a session in `engram_streaming_active_sessions` while it lives.
+struct ActiveSession;
+
+impl ActiveSession {
+    fn start() -> ActiveSession {
+        crate::metrics::metrics().active_sessions.inc();
+        ActiveSession
+    }
+}
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        crate::metrics::metrics().active_sessions.dec();
+    }
 }
