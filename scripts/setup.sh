@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
 # Installs what the tests need, idempotently: the Rust toolchain with rustfmt and clippy
-# (the machine image provides it), and a C++17 compiler for usearch, the HNSW library
-# (installed from Debian's packages if missing).
+# (the machine image provides it); from Debian's packages if missing, a C++17 compiler for
+# usearch (the HNSW library), and Prometheus with promtool (tests/prometheus.rs runs the
+# alert rules' unit tests and scrapes a real server with them).
 set -euo pipefail
 for tool in cargo rustfmt cargo-clippy; do
   command -v "$tool" >/dev/null || { echo "setup: $tool is missing from this machine" >&2; exit 1; }
 done
-if ! command -v c++ >/dev/null; then
-  echo "setup: installing g++ (usearch is C++)" >&2
-  sudo_cmd=""
+
+apt_updated=""
+# apt_install PACKAGE WHY
+apt_install() {
+  echo "setup: installing $1 ($2)" >&2
+  local sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq g++
+  if [ -z "$apt_updated" ]; then
+    $sudo_cmd apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "$1"
+}
+
+command -v c++ >/dev/null || apt_install g++ "usearch is C++"
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  apt_install prometheus "the monitoring tests use it"
 fi
