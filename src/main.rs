@@ -146,6 +146,10 @@ struct ServeArgs {
     /// together under `space="_other"`, so that the series stay bounded.
     #[arg(long, env = "ENGRAM_METRICS_SPACES_MAX", default_value_t = engram::metrics::SPACE_LABELS_MAX_DEFAULT)]
     metrics_spaces_max: usize,
+    /// Record per-observation metrics (counts, latencies, fsync times). Off only to
+    /// measure what recording costs (scripts/bench-metrics-overhead.sh).
+    #[arg(long, env = "ENGRAM_METRICS_RECORDING", default_value_t = true, action = clap::ArgAction::Set)]
+    metrics_recording: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -217,6 +221,7 @@ struct ConfigFile {
     checkpoint_records: Option<u64>,
     checkpoint_interval_s: Option<u64>,
     metrics_spaces_max: Option<usize>,
+    metrics_recording: Option<bool>,
 }
 
 /// Fills every setting that came from neither the command line nor the environment from
@@ -266,6 +271,7 @@ fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyhow::
     fill!(checkpoint_records, anyhow::Ok);
     fill!(checkpoint_interval_s, anyhow::Ok);
     fill!(metrics_spaces_max, anyhow::Ok);
+    fill!(metrics_recording, anyhow::Ok);
     fill!(wal_recovery_mode, |v: String| {
         <RecoveryModeArg as clap::ValueEnum>::from_str(&v.replace('_', "-"), false)
             .map_err(|e| anyhow::anyhow!("wal_recovery_mode in {}: {e}", path.display()))
@@ -330,6 +336,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let metrics = engram::metrics::metrics();
     metrics.set_space_labels_max(args.metrics_spaces_max);
+    engram::metrics::set_recording(args.metrics_recording);
     let opening = std::time::Instant::now();
     let engine = Engine::open_with_storage(&args.data_dir, config, log_storage(), limits, index)
         .with_context(|| format!("opening the data in {}", args.data_dir.display()))?;

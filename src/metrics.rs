@@ -271,6 +271,22 @@ impl Metrics {
     }
 }
 
+static RECORDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the per-observation recording (counts, latencies, fsync times) on or off; the
+/// overhead bench compares both in one run. State read at scrape time is always there.
+pub fn set_recording(on: bool) {
+    RECORDING.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The metrics to record an event into, unless recording is off.
+#[inline]
+pub fn recording() -> Option<&'static Metrics> {
+    RECORDING
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .then(metrics)
+}
+
 /// The process's metrics.
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();

@@ -405,11 +405,12 @@ impl SubmittedBatch {
                     for (space, n) in &claimed_spaces {
                         next += n;
                         engine.spaces.stored(space, *n, Lsn(next - 1));
-                        let metrics = crate::metrics::metrics();
-                        metrics
-                            .observations
-                            .with_label_values(&[metrics.space_label(space)])
-                            .inc_by(*n);
+                        if let Some(metrics) = crate::metrics::recording() {
+                            metrics
+                                .observations
+                                .with_label_values(&[metrics.space_label(space)])
+                                .inc_by(*n);
+                        }
                     }
                 }
                 // Dropping the claims frees the keys for a retry.

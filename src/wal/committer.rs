@@ -234,11 +234,12 @@ impl Committer {
         if let Err(e) = file.sync_data() {
             return Err(format!("fdatasync of {} failed: {e}", segment.name()));
         }
-        let metrics = crate::metrics::metrics();
-        metrics
-            .fsync_duration
-            .observe(syncing.elapsed().as_secs_f64());
-        metrics.wal_bytes_written.inc_by(self.buffer.len() as u64);
+        if let Some(metrics) = crate::metrics::recording() {
+            metrics
+                .fsync_duration
+                .observe(syncing.elapsed().as_secs_f64());
+            metrics.wal_bytes_written.inc_by(self.buffer.len() as u64);
+        }
         let c = &self.shared.counters;
         c.bytes_written
             .fetch_add(self.buffer.len() as u64, Ordering::Relaxed);

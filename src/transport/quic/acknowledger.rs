@@ -128,7 +128,7 @@ pub(super) async fn acknowledge(
                         return Err(e.into());
                     }
                 };
-                let metrics = crate::metrics::metrics();
+                let metrics = crate::metrics::recording();
                 let mut frames = Vec::new();
                 if let Some(o) = overloaded {
                     told = LoadState::Overloaded;
@@ -140,10 +140,12 @@ pub(super) async fn acknowledge(
                             last_lsn = last_lsn.max(lsn.0)
                         }
                         Handled::Rejected(rejection) => {
-                            metrics
-                                .rejected
-                                .with_label_values(&[rejection.code.name()])
-                                .inc();
+                            if let Some(metrics) = metrics {
+                                metrics
+                                    .rejected
+                                    .with_label_values(&[rejection.code.name()])
+                                    .inc();
+                            }
                             frames.push(rejection.to_frame(*seq))
                         }
                     }
@@ -155,9 +157,11 @@ pub(super) async fn acknowledge(
                 });
                 write_frames(&mut ack.send, &frames).await?;
                 ack.sessions.acked(&ack.token, ack.last_acked);
-                let latency = received.elapsed().as_secs_f64();
-                for _ in &seqs {
-                    metrics.observation_latency.observe(latency);
+                if let Some(metrics) = metrics {
+                    let latency = received.elapsed().as_secs_f64();
+                    for _ in &seqs {
+                        metrics.observation_latency.observe(latency);
+                    }
                 }
             }
             Work::Request(Frame::Recall {
@@ -180,9 +184,11 @@ pub(super) async fn acknowledge(
                 let asked = std::time::Instant::now();
                 let frames = answer_recall(ack.engine.clone(), request_id, query, query_id).await;
                 write_frames(&mut ack.send, &frames).await?;
-                crate::metrics::metrics()
-                    .recall_latency
-                    .observe(asked.elapsed().as_secs_f64());
+                if let Some(metrics) = crate::metrics::recording() {
+                    metrics
+                        .recall_latency
+                        .observe(asked.elapsed().as_secs_f64());
+                }
             }
             Work::Request(request) => match answer(&ack.engine, request).await {
                 Ok(answer) => write_frames(&mut ack.send, &[answer]).await?,
