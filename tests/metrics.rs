@@ -18,21 +18,9 @@ struct Scrape(BTreeMap<String, f64>);
 
 /// GET /metrics at `addr`: the body.
 fn fetch(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect HTTP");
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-        .split_once("\r\n\r\n")
-        .expect("a body")
-        .1
-        .to_owned()
+    let (status, body) = common::server::http_get(addr, "/metrics").expect("an HTTP answer");
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 impl Scrape {

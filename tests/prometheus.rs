@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,28 +73,10 @@ impl Prometheus {
 
     /// GET `path_and_query` on the HTTP API: the JSON body, or None while it is not up.
     fn get(&self, path_and_query: &str) -> Option<serde_json::Value> {
-        let mut stream = TcpStream::connect(self.addr).ok()?;
-        write!(
-            stream,
-            "GET {path_and_query} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            return None;
+        match common::server::http_get(self.addr, path_and_query)? {
+            (200, body) => serde_json::from_str(&body).ok(),
+            _ => None,
         }
-        // Prometheus answers small bodies whole and large ones chunked.
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        };
-        serde_json::from_str(&body).ok()
     }
 
     fn query(&self, expr: &str) -> Option<Vec<serde_json::Value>> {
@@ -103,20 +84,6 @@ impl Prometheus {
         assert_eq!(answer["status"], "success", "{expr}: {answer}");
         answer["data"]["result"].as_array().cloned()
     }
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 fn percent_encode(s: &str) -> String {
