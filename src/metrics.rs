@@ -7,6 +7,7 @@
 //! scrapes and are never stale.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
@@ -58,7 +59,7 @@ struct WorkerWindow {
 
 /// Bounds the `space` label: the first `max` spaces seen keep their name.
 struct SpaceLabels {
-    max: RwLock<usize>,
+    max: AtomicUsize,
     known: RwLock<HashSet<String>>,
 }
 
@@ -67,7 +68,7 @@ impl SpaceLabels {
         if self.known.read().expect("label lock").contains(space) {
             return space;
         }
-        let max = *self.max.read().expect("label lock");
+        let max = self.max.load(Ordering::Relaxed);
         let mut known = self.known.write().expect("label lock");
         if known.contains(space) || known.len() < max {
             known.insert(space.to_owned());
@@ -150,7 +151,7 @@ impl Metrics {
             .expect("unique name");
         Metrics {
             space_labels: SpaceLabels {
-                max: RwLock::new(SPACE_LABELS_MAX_DEFAULT),
+                max: AtomicUsize::new(SPACE_LABELS_MAX_DEFAULT),
                 known: RwLock::default(),
             },
             observations: counter_vec(
@@ -226,7 +227,7 @@ impl Metrics {
 
     /// Sets how many spaces keep their own label; set once, at start.
     pub fn set_space_labels_max(&self, max: usize) {
-        *self.space_labels.max.write().expect("label lock") = max;
+        self.space_labels.max.store(max, Ordering::Relaxed);
     }
 
     /// Takes each worker's busy nanoseconds since start: adds the new ones to its busy
@@ -271,20 +272,18 @@ impl Metrics {
     }
 }
 
-static RECORDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+static RECORDING: AtomicBool = AtomicBool::new(true);
 
 /// Turns the per-observation recording (counts, latencies, fsync times) on or off; the
 /// overhead bench compares both in one run. State read at scrape time is always there.
 pub fn set_recording(on: bool) {
-    RECORDING.store(on, std::sync::atomic::Ordering::Relaxed);
+    RECORDING.store(on, Ordering::Relaxed);
 }
 
 /// The metrics to record an event into, unless recording is off.
 #[inline]
 pub fn recording() -> Option<&'static Metrics> {
-    RECORDING
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .then(metrics)
+    RECORDING.load(Ordering::Relaxed).then(metrics)
 }
 
 /// The process's metrics.
