@@ -79,6 +79,17 @@ impl SpaceLabels {
     }
 }
 
+/// Registers `metric` and hands it back; every name is registered once.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique name");
+    metric
+}
+
 /// Latency buckets from 50 µs to about 13 s, doubling.
 fn latency_buckets() -> Vec<f64> {
     exponential_buckets(50e-6, 2.0, 19).expect("valid buckets")
@@ -90,28 +101,23 @@ impl Metrics {
         let histogram = |name: &str, help: &str| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(latency_buckets()))
                 .expect("valid histogram");
-            registry.register(Box::new(h.clone())).expect("unique name");
-            h
+            registered(&registry, h)
         };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid counter");
-            registry.register(Box::new(c.clone())).expect("unique name");
-            c
+            registered(&registry, c)
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid gauge");
-            registry.register(Box::new(g.clone())).expect("unique name");
-            g
+            registered(&registry, g)
         };
         let counter_vec = |name: &str, help: &str, label: &str| {
             let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid counter");
-            registry.register(Box::new(c.clone())).expect("unique name");
-            c
+            registered(&registry, c)
         };
         let gauge_vec = |name: &str, help: &str, label: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid gauge");
-            registry.register(Box::new(g.clone())).expect("unique name");
-            g
+            registered(&registry, g)
         };
         let worker_utilization = GaugeVec::new(
             Opts::new(
@@ -121,9 +127,7 @@ impl Metrics {
             &["worker"],
         )
         .expect("valid gauge");
-        registry
-            .register(Box::new(worker_utilization.clone()))
-            .expect("unique name");
+        let worker_utilization = registered(&registry, worker_utilization);
         let worker_busy = CounterVec::new(
             Opts::new(
                 "engram_streaming_worker_busy_seconds_total",
@@ -132,17 +136,13 @@ impl Metrics {
             &["worker"],
         )
         .expect("valid counter");
-        registry
-            .register(Box::new(worker_busy.clone()))
-            .expect("unique name");
+        let worker_busy = registered(&registry, worker_busy);
         let recovery_duration = Gauge::new(
             "engram_recovery_duration_seconds",
             "How long the last start took to recover the log and rebuild the indexes",
         )
         .expect("valid gauge");
-        registry
-            .register(Box::new(recovery_duration.clone()))
-            .expect("unique name");
+        let recovery_duration = registered(&registry, recovery_duration);
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(

@@ -41,16 +41,7 @@ fn serve_recovers_the_log_holds_its_lock_and_stops_cleanly_on_sigterm() {
         .unwrap();
     }
     let mut server = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_engram"))
-            .args([
-                "serve",
-                "--quic-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data.path())
+        common::server::serve_command(data.path(), "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -9,8 +9,6 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 
-use std::process::Command;
-
 use common::engram_wal;
 use common::server::Server;
 use engram::client::Session;
@@ -83,16 +81,7 @@ async fn a_flipped_bit_mid_log_stops_the_server_and_repair_brings_back_everythin
     drop(file);
 
     // The server refuses to start, naming the place and the way out.
-    let refused = Command::new(env!("CARGO_BIN_EXE_engram"))
-        .args([
-            "serve",
-            "--quic-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data.path())
+    let refused = common::server::serve_command(data.path(), "127.0.0.1:0")
         .args(FLAGS)
         .output()
         .unwrap();

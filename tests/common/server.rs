@@ -35,16 +35,7 @@ impl Server {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
-            .args([
-                "serve",
-                "--quic-addr",
-                addr,
-                "--http-addr",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data_dir)
+        let mut child = serve_command(data_dir, addr)
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -285,4 +276,20 @@ fn dechunk(body: &str) -> String {
         rest = after[size..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// `engram serve` on `data_dir`, QUIC on `quic_addr` and HTTP on a free loopback port.
+pub fn serve_command(data_dir: &Path, quic_addr: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_engram"));
+    command
+        .args([
+            "serve",
+            "--quic-addr",
+            quic_addr,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data_dir);
+    command
 }
