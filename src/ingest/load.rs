@@ -22,7 +22,7 @@
 //! below the bound before the lag is measured.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -44,6 +44,10 @@ pub struct ServerLoad {
     queued: AtomicU64,
     queue_bytes_max: u64,
     index_lag: AtomicU64,
+    /// Lag measurements started, and the newest one stored: an older measurement that
+    /// finishes late is dropped rather than stored over a newer one.
+    index_lag_measurements: AtomicU64,
+    index_lag_stored: Mutex<u64>,
     index_lag_max: u64,
     /// Observations admitted and not yet acknowledged.
     queued_records: AtomicU64,
@@ -60,6 +64,29 @@ pub struct LoadPermit {
     bytes: u64,
     records: u64,
     admitted_at: Instant,
+}
+
+/// A lag measurement in progress (`ServerLoad::start_index_lag_measurement`).
+#[must_use = "a measurement counts once stored"]
+pub struct IndexLagMeasurement<'a> {
+    load: &'a ServerLoad,
+    number: u64,
+}
+
+impl IndexLagMeasurement<'_> {
+    /// Stores `lag` unless a measurement started later was stored first: the last one
+    /// started read positions at least as new as every progress made before it.
+    pub fn store(self, lag: u64) {
+        {
+            let mut stored = self.load.index_lag_stored.lock().expect("lag lock");
+            if *stored > self.number {
+                return;
+            }
+            *stored = self.number;
+            self.load.index_lag.store(lag, Ordering::Release);
+        }
+        self.load.publish();
+    }
 }
 
 /// Which bound an Overloaded refusal hit.
@@ -112,6 +139,8 @@ impl ServerLoad {
             queued: AtomicU64::new(0),
             queue_bytes_max,
             index_lag: AtomicU64::new(0),
+            index_lag_measurements: AtomicU64::new(0),
+            index_lag_stored: Mutex::new(0),
             index_lag_max,
             queued_records: AtomicU64::new(0),
             state: watch::channel(LoadState::Normal).0,
@@ -140,8 +169,18 @@ impl ServerLoad {
 
     /// The index workers' lag behind the durable log, in records, as last measured.
     pub fn set_index_lag(&self, lag: u64) {
-        self.index_lag.store(lag, Ordering::Release);
-        self.publish();
+        self.start_index_lag_measurement().store(lag);
+    }
+
+    /// Starts a measurement of the lag: read the log's and the workers' positions after
+    /// this, then `store`. Two index workers racing once stored an early, high
+    /// measurement after a later one of 0; with the sessions paused by it and the index
+    /// idle, nothing measured again and ingest stopped for good.
+    pub fn start_index_lag_measurement(&self) -> IndexLagMeasurement<'_> {
+        IndexLagMeasurement {
+            load: self,
+            number: self.index_lag_measurements.fetch_add(1, Ordering::AcqRel) + 1,
+        }
     }
 
     fn state_at(&self, queued: u64) -> LoadState {
@@ -163,13 +202,18 @@ fn level(used: u64, max: u64) -> LoadState {
 }
 
 impl ServerLoad {
+    /// Sets the state from the counters as they are now. Every change to a counter is
+    /// followed by a publish, and the state is computed under the state's lock: the last
+    /// to publish read the newest counters, so no stale state outlives a change.
     fn publish(&self) {
-        self.set_state(self.state_at(self.queued()));
+        self.set_state(|| self.state_at(self.queued()));
     }
 
-    /// Moves to `now`, counting each rise into backpressure (Critical or Overloaded).
-    fn set_state(&self, now: LoadState) {
+    /// Moves to the state `now` computes under the lock, counting each rise into
+    /// backpressure (Critical or Overloaded).
+    fn set_state(&self, now: impl FnOnce() -> LoadState) {
         self.state.send_if_modified(|s| {
+            let now = now();
             if *s < LoadState::Critical && now >= LoadState::Critical {
                 crate::metrics::metrics().backpressure_activations.inc();
             }
@@ -221,7 +265,15 @@ impl ServerLoad {
     }
 
     fn refuse(&self, cause: OverloadCause) -> Overloaded {
-        self.set_state(LoadState::Overloaded);
+        // Overloaded stays only while something queued or lagging will publish again as
+        // it drains; if all of it drained since the check, the state is what is left.
+        self.set_state(|| {
+            if self.queued() > 0 || self.index_lag() > 0 {
+                LoadState::Overloaded
+            } else {
+                self.state_at(0)
+            }
+        });
         Overloaded {
             retry_after: self.retry_after(self.queued()),
             cause,
@@ -354,6 +406,37 @@ mod tests {
             load.admit(1, 500).is_ok(),
             "a batch larger than the bound goes in alone, or it could never be stored"
         );
+    }
+
+    #[test]
+    fn a_lag_measured_early_and_stored_late_does_not_replace_a_newer_one() {
+        let load = Arc::new(ServerLoad::new(1000, 100));
+        let early = load.start_index_lag_measurement();
+        let late = load.start_index_lag_measurement();
+        late.store(0);
+        early.store(90);
+        assert_eq!(load.index_lag(), 0, "the newer measurement stands");
+        assert_eq!(load.state(), LoadState::Normal);
+        load.set_index_lag(90);
+        assert_eq!(load.state(), LoadState::Critical, "a newer one replaces it");
+    }
+
+    #[test]
+    fn a_refusal_leaves_overloaded_only_while_something_will_drain() {
+        let load = Arc::new(ServerLoad::new(1000, 100));
+        let cause = OverloadCause::CommitQueue {
+            queued: 900,
+            queue_bytes_max: 1000,
+        };
+        // Everything drained between the check and the refusal: nothing would publish
+        // again, so Overloaded would stay and pause every session for good.
+        load.refuse(cause);
+        assert_eq!(load.state(), LoadState::Normal);
+        let queued = load.admit(10, 1).unwrap();
+        load.refuse(cause);
+        assert_eq!(load.state(), LoadState::Overloaded);
+        drop(queued);
+        assert_eq!(load.state(), LoadState::Normal, "the drain publishes");
     }
 
     #[tokio::test]

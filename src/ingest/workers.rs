@@ -189,12 +189,13 @@ struct LagGauge {
 
 impl LagGauge {
     fn publish(&self) {
+        let measurement = self.load.start_index_lag_measurement();
         let durable = self.reader.durable_lsn();
         let indexed = (0..self.indexes.workers())
             .map(|w| self.indexes.worker_progress(w).indexed_lsn())
             .min()
             .expect("at least one worker");
-        self.load.set_index_lag(durable.0.saturating_sub(indexed.0));
+        measurement.store(durable.0.saturating_sub(indexed.0));
     }
 }
 

@@ -131,6 +131,11 @@ async fn stats(State(readiness): State<Readiness>) -> (StatusCode, Json<serde_js
         StatusCode::OK,
         Json(json!({
             "wal": engine.wal().stats(),
+            "load": {
+                "state": format!("{:?}", engine.load().state()),
+                "queued_bytes": engine.load().queued(),
+                "index_lag": engine.load().index_lag(),
+            },
             "index": {
                 "params": indexes.params(),
                 "workers_indexed_lsn": workers,

@@ -244,6 +244,9 @@ async fn check(server: &Server, ledger: &Ledger, rng: &mut StdRng, seed: u64, cy
     graph_misses
 }
 
+/// How long any one wait may take before the run is called stuck.
+const DEADLINE: Duration = Duration::from_secs(300);
+
 /// Waits for `future`, failing the test (with what it waited for) after 5 minutes rather
 /// than hanging: a deadline against a stuck run, not a synchronisation.
 async fn within<T>(
@@ -252,7 +255,7 @@ async fn within<T>(
     what: &str,
     future: impl std::future::Future<Output = T>,
 ) -> T {
-    tokio::time::timeout(Duration::from_secs(300), future)
+    tokio::time::timeout(DEADLINE, future)
         .await
         .unwrap_or_else(|_| panic!("seed {seed}, cycle {cycle}: {what} took over 5 minutes"))
 }
@@ -397,7 +400,16 @@ async fn every_acknowledged_observation_survives_repeated_sigkills_exactly_once(
         phase.send_replace(Phase::Quiet(cycle));
         for _ in 0..CLIENTS {
             // A client that panicked (its message is above) never says it is quiet.
-            let round = within(seed, cycle, "the clients settling", quiet.recv()).await;
+            let round = tokio::time::timeout(DEADLINE, quiet.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    // What the server was doing: its load state, lag and index progress.
+                    let stats = tokio::task::block_in_place(|| clean.stats());
+                    panic!(
+                        "seed {seed}, cycle {cycle}: the clients settling took over 5 minutes; \
+                         server stats: {stats:#}"
+                    )
+                });
             assert_eq!(round, Some(cycle));
         }
         graph_misses += check(&clean, &ledger, &mut rng, seed, cycle).await;
