@@ -150,6 +150,10 @@ struct ServeArgs {
     /// measure what recording costs (scripts/bench-metrics-overhead.sh).
     #[arg(long, env = "ENGRAM_METRICS_RECORDING", default_value_t = true, action = clap::ArgAction::Set)]
     metrics_recording: bool,
+    /// Milliseconds between the heartbeats the WebSocket gateway (/v1/stream) sends every
+    /// session; a browser that hears none for two intervals reconnects.
+    #[arg(long, env = "ENGRAM_WS_HEARTBEAT_MS", default_value_t = engram::transport::websocket::HEARTBEAT_DEFAULT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    ws_heartbeat_ms: u64,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -222,6 +226,7 @@ struct ConfigFile {
     checkpoint_interval_s: Option<u64>,
     metrics_spaces_max: Option<usize>,
     metrics_recording: Option<bool>,
+    ws_heartbeat_ms: Option<u64>,
 }
 
 /// Fills every setting that came from neither the command line nor the environment from
@@ -272,6 +277,7 @@ fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyhow::
     fill!(checkpoint_interval_s, anyhow::Ok);
     fill!(metrics_spaces_max, anyhow::Ok);
     fill!(metrics_recording, anyhow::Ok);
+    fill!(ws_heartbeat_ms, anyhow::Ok);
     fill!(wal_recovery_mode, |v: String| {
         <RecoveryModeArg as clap::ValueEnum>::from_str(&v.replace('_', "-"), false)
             .map_err(|e| anyhow::anyhow!("wal_recovery_mode in {}: {e}", path.display()))
@@ -309,7 +315,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .block_on(tokio::net::TcpListener::bind(args.http_addr))
         .with_context(|| format!("binding HTTP to {}", args.http_addr))?;
     let http_addr = http.local_addr()?;
-    let router = engram::transport::http::router(readiness.clone());
+    // One table for both transports: a session's resume token works on either.
+    let sessions = Arc::new(engram::transport::session::SessionTable::default());
+    let (ws_stop, ws_stopping) = tokio::sync::watch::channel(false);
+    let gateway = engram::transport::websocket::Gateway::new(
+        sessions.clone(),
+        ws_stopping,
+        Duration::from_millis(args.ws_heartbeat_ms.max(1)),
+    );
+    let router = engram::transport::http::router(readiness.clone(), gateway.clone());
     runtime.spawn(async move {
         if let Err(e) = axum::serve(http, router).await {
             tracing::error!(error = %e, "the HTTP server stopped");
@@ -372,7 +386,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             recovery_ms = report.duration.as_secs_f64() * 1e3,
             "engram is up"
         );
-        engram::transport::quic::serve(endpoint, engine.clone(), shutdown.wait()).await;
+        let shutdown = async {
+            shutdown.wait().await;
+            let _ = ws_stop.send(true);
+        };
+        engram::transport::quic::serve(endpoint, engine.clone(), sessions, shutdown).await;
+        gateway.drained(WS_DRAIN_TIMEOUT).await;
         anyhow::Ok(())
     })?;
     tracing::info!(
@@ -385,6 +404,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// How long a graceful shutdown waits for WebSocket sessions to acknowledge what they
+/// read and say close.
+const WS_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The real file system; in a chaos test's server, one that fails where the test says.
 fn log_storage() -> Arc<dyn engram::wal::Storage> {

@@ -446,7 +446,7 @@ impl Session {
 /// Applies the server's frames to the progress until the stream ends; answers to
 /// requests go to `answers`.
 async fn follow(
-    mut reader: FrameReader,
+    mut reader: FrameReader<quinn::RecvStream>,
     progress: std::sync::Arc<watch::Sender<Progress>>,
     answers: mpsc::Sender<Frame>,
 ) {

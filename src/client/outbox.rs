@@ -122,7 +122,7 @@ async fn write_out(
             if let Err(e) = written {
                 shared.lock().writer_gone = true;
                 shared.room.notify_waiters();
-                return Err(e.into());
+                return Err(StreamError::Write(e.into()));
             }
             continue;
         }

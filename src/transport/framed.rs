@@ -1,6 +1,7 @@
-//! Reading and writing engram/1 frames on a QUIC stream.
+//! Reading and writing engram/1 frames on a byte stream: a QUIC stream, or the in-memory
+//! pipe behind a WebSocket session.
 
-use quinn::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::protocol::{Frame, ProtocolError};
 
@@ -9,9 +10,9 @@ const READ_CHUNK_BYTES: usize = 64 << 10;
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error("reading the stream: {0}")]
-    Read(#[from] quinn::ReadError),
+    Read(std::io::Error),
     #[error("writing the stream: {0}")]
-    Write(#[from] quinn::WriteError),
+    Write(std::io::Error),
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error("the stream ended inside a frame")]
@@ -19,8 +20,8 @@ pub enum StreamError {
 }
 
 /// Frames from a receive stream, buffered: at most one frame plus one read chunk is held.
-pub struct FrameReader {
-    recv: RecvStream,
+pub struct FrameReader<R> {
+    recv: R,
     /// `buf[start..end]` is read and not yet decoded; the rest is room for the next read.
     buf: Vec<u8>,
     start: usize,
@@ -28,8 +29,8 @@ pub struct FrameReader {
     frame_bytes_max: u32,
 }
 
-impl FrameReader {
-    pub fn new(recv: RecvStream, frame_bytes_max: u32) -> FrameReader {
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(recv: R, frame_bytes_max: u32) -> FrameReader<R> {
         FrameReader {
             recv,
             buf: Vec::new(),
@@ -57,9 +58,14 @@ impl FrameReader {
                 return Ok(Some(frame));
             }
             self.make_room();
-            match self.recv.read(&mut self.buf[self.end..]).await? {
-                Some(n) => self.end += n,
-                None => {
+            match self
+                .recv
+                .read(&mut self.buf[self.end..])
+                .await
+                .map_err(StreamError::Read)?
+            {
+                n @ 1.. => self.end += n,
+                0 => {
                     return if self.start == self.end {
                         Ok(None)
                     } else {
@@ -82,11 +88,14 @@ impl FrameReader {
     }
 }
 
-pub async fn write_frames(send: &mut SendStream, frames: &[Frame]) -> Result<(), StreamError> {
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    send: &mut W,
+    frames: &[Frame],
+) -> Result<(), StreamError> {
     let mut out = Vec::new();
     for frame in frames {
         frame.encode(&mut out);
     }
-    send.write_all(&out).await?;
+    send.write_all(&out).await.map_err(StreamError::Write)?;
     Ok(())
 }

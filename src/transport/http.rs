@@ -1,15 +1,18 @@
-//! HTTP: GET /health (the process is alive and its log has not failed), GET /ready (recovery is done and the log
-//! accepts writes) and GET /stats (the log and the indexes, as JSON). /metrics joins with
-//! the observability issue.
+//! HTTP: GET /health (the process is alive and its log has not failed), GET /ready
+//! (recovery is done and the log accepts writes), GET /stats (the log and the indexes, as
+//! JSON), GET /metrics (Prometheus) and the WebSocket gateway at /v1/stream.
 
 use std::sync::{Arc, OnceLock, Weak};
 
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use super::websocket::Gateway;
 use crate::ingest::Engine;
 
 /// Filled in once recovery is done; until then /ready answers 503.
@@ -25,13 +28,34 @@ impl Readiness {
     }
 }
 
-pub fn router(readiness: Readiness) -> Router {
+pub fn router(readiness: Readiness, gateway: Gateway) -> Router {
+    let stream = Router::new()
+        .route("/v1/stream", get(stream))
+        .with_state((readiness.clone(), gateway));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .with_state(readiness)
+        .merge(stream)
+}
+
+/// Upgrades to a WebSocket session once recovery is done; 503 until then.
+async fn stream(
+    State((readiness, gateway)): State<(Readiness, Gateway)>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Some(engine) = readiness.engine.get().and_then(Weak::upgrade) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "reason": "recovering the log" })),
+        )
+            .into_response();
+    };
+    upgrade
+        .max_message_size(Gateway::message_bytes_max(&engine))
+        .on_upgrade(move |socket| gateway.serve(socket, engine))
 }
 
 /// Live, unless the log failed (a sync or write error): then 503 with the cause, so a

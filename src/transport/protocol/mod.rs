@@ -368,7 +368,21 @@ pub enum RejectCode {
 }
 
 impl RejectCode {
-    /// The name used in metrics and logs.
+    pub const ALL: [RejectCode; 11] = [
+        RejectCode::InvalidSpace,
+        RejectCode::InvalidId,
+        RejectCode::DimensionMismatch,
+        RejectCode::NonFiniteEmbedding,
+        RejectCode::WhatTooLong,
+        RejectCode::ConfidenceOutOfRange,
+        RejectCode::DimensionTooLarge,
+        RejectCode::Overloaded,
+        RejectCode::StorageFull,
+        RejectCode::EmptyEmbedding,
+        RejectCode::TooManySpaces,
+    ];
+
+    /// The name used in metrics, logs and the WebSocket gateway.
     pub fn name(self) -> &'static str {
         match self {
             RejectCode::InvalidSpace => "invalid_space",

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::recall::answer_recall;
 use super::reader::{BatchOutcome, SessionError, Work};
+use super::recall::answer_recall;
 use super::{FrameSink, SessionTable, Token};
 use crate::index::RecallQuery;
 use crate::ingest::{Defined, Engine, EngineError, Handled, ServerLoad};
