@@ -233,21 +233,29 @@ fn token_hex(token: &[u8; RESUME_TOKEN_BYTES]) -> String {
 
 const NS_PER_MS: f64 = 1e6;
 
+/// Unix milliseconds to nanoseconds. Whole milliseconds convert exactly; only the
+/// fraction is rounded (a product in f64 would lose the nanoseconds of today's times).
+fn unix_ns(ms: f64) -> Option<i64> {
+    let whole = ms.floor();
+    if !whole.is_finite() || whole.abs() >= (i64::MAX / 1_000_000) as f64 {
+        return None;
+    }
+    let fraction_ns = ((ms - whole) * NS_PER_MS).round() as i64;
+    Some(whole as i64 * 1_000_000 + fraction_ns)
+}
+
 /// The frame for a message after init; `space` is the session's.
 pub fn to_frame(message: ClientMessage, space: &str) -> Result<Frame, MessageError> {
     Ok(match message {
         ClientMessage::Init { .. } => return Err(MessageError::Misplaced("init")),
         ClientMessage::Observation { seq, episode } => {
-            let when_ns = episode.when * NS_PER_MS;
-            if !when_ns.is_finite() || when_ns.abs() >= i64::MAX as f64 {
-                return Err(MessageError::When(episode.when));
-            }
+            let when_ns = unix_ns(episode.when).ok_or(MessageError::When(episode.when))?;
             Frame::Observe(ObserveFrame {
                 seq,
                 observation: Observation {
                     space: space.to_owned(),
                     id: episode.id,
-                    when_unix_ns: when_ns as i64,
+                    when_unix_ns: when_ns,
                     confidence: episode.confidence,
                     what: episode.what,
                     embedding: episode.embedding,
