@@ -10,9 +10,9 @@ const READ_CHUNK_BYTES: usize = 64 << 10;
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error("reading the stream: {0}")]
-    Read(std::io::Error),
+    Read(#[source] std::io::Error),
     #[error("writing the stream: {0}")]
-    Write(std::io::Error),
+    Write(#[source] std::io::Error),
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error("the stream ended inside a frame")]
