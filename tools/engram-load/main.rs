@@ -4,7 +4,8 @@
 //! Target `quic` (the default) streams to a server; target `wal` appends straight to a
 //! local log (the durable core, without the network); target `raw-quic` streams the same
 //! message size over quinn alone (the transport's ceiling, raw.rs); target `recall`
-//! queries a space and reports recall latency (recall.rs).
+//! queries a space and reports recall latency (recall.rs); target `ws` streams through
+//! the WebSocket gateway as a browser would (websocket.rs).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, IsTerminal, Write};
@@ -22,6 +23,7 @@ use serde::Serialize;
 
 mod raw;
 mod recall;
+mod websocket;
 
 /// glibc's allocator showed as a tenth of the QUIC path's CPU (malloc, free, consolidation
 /// across threads); mimalloc's thread-local pages cost less for many small short-lived
@@ -43,6 +45,12 @@ struct Args {
     /// The server (target quic).
     #[arg(long, default_value = "127.0.0.1:7400")]
     addr: std::net::SocketAddr,
+    /// The server's HTTP address, where the WebSocket gateway listens (target ws).
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    http_addr: std::net::SocketAddr,
+    /// Observations each WebSocket connection keeps unacknowledged at most (target ws).
+    #[arg(long, default_value_t = 1024)]
+    window: usize,
     /// The server's certificate (target quic); the server writes it to DATA_DIR/tls/.
     #[arg(long, default_value = "./engram-data/tls/cert.der")]
     cert: PathBuf,
@@ -128,6 +136,9 @@ enum Target {
     /// --count recalls of SPACE over QUIC, closed loop per connection or paced by --rate:
     /// the report's latency is recall latency.
     Recall,
+    /// JSON over the WebSocket gateway at --http-addr, --window unacknowledged per
+    /// connection.
+    Ws,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -167,6 +178,7 @@ fn main() -> anyhow::Result<()> {
         Target::Quic => run_quic(&args)?,
         Target::RawQuic => raw::run(&args)?,
         Target::Recall => recall::run(&args)?,
+        Target::Ws => websocket::run(&args)?,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -175,7 +175,7 @@ async fn wait_init(sink: &mut Sink, stream: &mut Stream) -> Option<Init> {
             }
             _ => continue,
         };
-        let init = match serde_json::from_str::<ClientMessage>(&text) {
+        let init = match messages::parse(&text) {
             Ok(ClientMessage::Init {
                 space,
                 resume_token,
@@ -240,7 +240,7 @@ async fn inbound(
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
             Some(Ok(_)) => continue,
         };
-        let frame = match serde_json::from_str::<ClientMessage>(&text) {
+        let frame = match messages::parse(&text) {
             Ok(ClientMessage::FlowControl { action }) => {
                 paused.send_replace(action == FlowAction::Pause);
                 continue;

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# WebSocket gateway against native QUIC, one connection each, alternated on one release
+# server in one run (the machine is shared: compare the ratio, not the absolute rates).
+#
+#   scripts/bench-ws.sh [COUNT] [ROUNDS] [DIM]
+#
+# The index lag bound is raised above everything sent, so that the index, slower than the
+# log, does not throttle the ingest being measured.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+count=${1:-50000}
+rounds=${2:-3}
+dim=${3:-384}
+cargo build --release --bin engram --bin engram-load >&2
+dir=$(mktemp -d)
+server=""
+trap 'kill "$server" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+target/release/engram serve --data-dir "$dir/data" --quic-addr 127.0.0.1:0 \
+  --http-addr 127.0.0.1:0 --index-lag-max "$((4 * count * rounds))" 2>"$dir/log" &
+server=$!
+for _ in $(seq 400); do
+  grep -q "engram is up" "$dir/log" 2>/dev/null && break
+  sleep 0.05
+done
+quic=$(grep -o 'quic_addr=[0-9.:]*' "$dir/log" | head -1 | cut -d= -f2)
+http=$(grep -o 'http_addr=[0-9.:]*' "$dir/log" | head -1 | cut -d= -f2)
+[ -n "$quic" ] && [ -n "$http" ] || { cat "$dir/log" >&2; exit 1; }
+for n in $(seq "$rounds"); do
+  target/release/engram-load --json --target ws --http-addr "$http" --dim "$dim" \
+    --count "$count" --connections 1 --space "ws-$n" | tee -a "$dir/ws.jsonl"
+  target/release/engram-load --json --target quic --addr "$quic" --cert "$dir/data/tls/cert.der" \
+    --dim "$dim" --count "$count" --connections 1 --space "quic-$n" | tee -a "$dir/quic.jsonl"
+done
+python3 - "$dir/ws.jsonl" "$dir/quic.jsonl" <<'PY'
+import json, statistics, sys
+ws, quic = ([json.loads(l)["obs_per_sec"] for l in open(p)] for p in sys.argv[1:3])
+m_ws, m_quic = statistics.median(ws), statistics.median(quic)
+print(f"median obs/s per connection: ws {m_ws:,.0f} ({min(ws):,.0f}-{max(ws):,.0f}), "
+      f"quic {m_quic:,.0f} ({min(quic):,.0f}-{max(quic):,.0f}); ws/quic = {m_ws / m_quic:.3f}")
+PY
