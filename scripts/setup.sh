@@ -38,3 +38,9 @@ if ! cmp -s "$streaming/package-lock.json" "$streaming/node_modules/.package-loc
   (cd "$streaming" && npm ci --no-audit --no-fund --loglevel=error)
   cp "$streaming/package-lock.json" "$streaming/node_modules/.package-lock.json.installed"
 fi
+# The Python client (tests/python_client.rs): the package with aioquic, pytest and
+# pytest-asyncio, installed editable so that the tests run the checkout's code.
+if ! python3 -c "import engram_client, aioquic, pytest, pytest_asyncio" 2>/dev/null; then
+  echo "setup: installing the Python client and its test tools" >&2
+  python3 -m pip install -q --disable-pip-version-check -e "./clients/python[test]"
+fi
