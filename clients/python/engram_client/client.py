@@ -25,6 +25,9 @@ from . import protocol as p
 
 ALPN = "engram/1"
 PENDING_MAX_DEFAULT = 4096
+# Observe frames are gathered up to this many bytes before one write: aioquic spends its
+# time per write and per packet, and one frame per write cost a packet per observation.
+WRITE_CHUNK_BYTES = 64 << 10
 # The seq of a pending observation not yet sent in the current session: no ack settles it.
 UNSENT = 2**64
 
@@ -106,6 +109,7 @@ class Session:
         self._protocol: Optional[QuicConnectionProtocol] = None
         self._writer: Optional[asyncio.StreamWriter] = None
         self._follower: Optional[asyncio.Task] = None
+        self._gathered = bytearray()
 
     @classmethod
     async def connect(cls, options: Options, resume_token: Optional[bytes] = None) -> "Session":
@@ -149,18 +153,27 @@ class Session:
             raise ConnectionLost(str(self.ended))
         seq = self._next_seq
         self._next_seq += 1
-        await self._write(p.observe(seq, observation))
+        self._gathered += p.observe(seq, observation)
+        if len(self._gathered) >= WRITE_CHUNK_BYTES:
+            await self._write(b"")
         return seq
 
     async def _write(self, frame: bytes) -> None:
+        """Writes what `send` gathered, then `frame`."""
+        self._gathered += frame
+        data, self._gathered = bytes(self._gathered), bytearray()
+        if not data:
+            return
         try:
-            self._writer.write(frame)
+            self._writer.write(data)
             await self._writer.drain()
         except Exception as e:  # the stream or connection went away under the write
             raise ConnectionLost(str(e)) from e
 
     async def wait_acked(self, seq: int) -> None:
         """Waits until ``seq`` is acknowledged; ConnectionLost if the session ends first."""
+        if self._gathered and self.ended is None:
+            await self._write(b"")
         async with self._progress:
             await self._progress.wait_for(lambda: self.acked_seq >= seq or self.ended is not None)
         if self.acked_seq < seq:

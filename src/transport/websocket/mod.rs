@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, DuplexStream, WriteHalf};
 use tokio::sync::{mpsc, watch};
 
@@ -214,54 +214,92 @@ async fn inbound(
     space: &str,
     mut done: watch::Receiver<bool>,
 ) {
+    let mut batch = Vec::new();
     loop {
-        let message = tokio::select! {
+        let mut message = tokio::select! {
             message = stream.next() => message,
             _ = done.wait_for(|d| *d) => return,
         };
-        let text = match message {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Binary(_))) => {
-                let note = ServerMessage::Error {
-                    seq: None,
-                    code: "unexpected_message".into(),
-                    field: None,
-                    expected: Some("JSON text messages".into()),
-                    got: Some("a binary message".into()),
-                    message: "the gateway takes JSON text messages only".into(),
-                    retryable: false,
-                    fatal: false,
-                };
-                if notes.send(note).await.is_err() {
-                    return;
+        // What has already arrived goes to the session in one write, as a QUIC stream's
+        // frames do: the session then appends them in one batch and acks them at once,
+        // not one by one.
+        let mut ended = false;
+        loop {
+            match step(message, space, &paused) {
+                Step::Frame(frame) => {
+                    ended = matches!(frame, Frame::ClientGoodbye { .. });
+                    batch.push(frame);
                 }
-                continue;
-            }
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-            Some(Ok(_)) => continue,
-        };
-        let frame = match messages::parse(&text) {
-            Ok(ClientMessage::FlowControl { action }) => {
-                paused.send_replace(action == FlowAction::Pause);
-                continue;
-            }
-            Ok(ClientMessage::Heartbeat {}) => continue,
-            Ok(message) => to_frame(message, space),
-            Err(e) => Err(e.into()),
-        };
-        match frame {
-            Ok(frame) => {
-                let last = matches!(frame, Frame::ClientGoodbye { .. });
-                if write_frames(&mut frames, &[frame]).await.is_err() || last {
-                    return;
+                Step::Note(note) => {
+                    if notes.send(note).await.is_err() {
+                        return;
+                    }
                 }
+                Step::Skip => {}
+                Step::End => ended = true,
             }
-            Err(e) => {
-                if notes.send(e.to_message(seq_hint(&text))).await.is_err() {
-                    return;
-                }
+            if ended || batch.len() >= BATCH_MESSAGES_MAX {
+                break;
+            }
+            match stream.next().now_or_never() {
+                Some(next) => message = next,
+                None => break,
             }
         }
+        if write_frames(&mut frames, &batch).await.is_err() || ended {
+            return;
+        }
+        batch.clear();
+    }
+}
+
+/// Messages already arrived that go to the session in one write, at most.
+const BATCH_MESSAGES_MAX: usize = 256;
+
+/// What one socket message asks of the gateway.
+enum Step {
+    Frame(Frame),
+    /// An error for the browser; the session goes on.
+    Note(ServerMessage),
+    Skip,
+    /// The socket closed or failed.
+    End,
+}
+
+fn step(
+    message: Option<Result<Message, axum::Error>>,
+    space: &str,
+    paused: &watch::Sender<bool>,
+) -> Step {
+    let text = match message {
+        Some(Ok(Message::Text(text))) => text,
+        Some(Ok(Message::Binary(_))) => {
+            return Step::Note(ServerMessage::Error {
+                seq: None,
+                code: "unexpected_message".into(),
+                field: None,
+                expected: Some("JSON text messages".into()),
+                got: Some("a binary message".into()),
+                message: "the gateway takes JSON text messages only".into(),
+                retryable: false,
+                fatal: false,
+            })
+        }
+        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Step::End,
+        Some(Ok(_)) => return Step::Skip,
+    };
+    let frame = match messages::parse(&text) {
+        Ok(ClientMessage::FlowControl { action }) => {
+            paused.send_replace(action == FlowAction::Pause);
+            return Step::Skip;
+        }
+        Ok(ClientMessage::Heartbeat {}) => return Step::Skip,
+        Ok(message) => to_frame(message, space),
+        Err(e) => Err(e.into()),
+    };
+    match frame {
+        Ok(frame) => Step::Frame(frame),
+        Err(e) => Step::Note(e.to_message(seq_hint(&text))),
     }
 }
 
