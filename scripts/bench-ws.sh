@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# WebSocket gateway against native QUIC, one connection each, alternated on one release
+# WebSocket gateway (JSON, and binary engram/1 frames) against native QUIC, one connection
+# each, alternated on one release
 # server in one run (the machine is shared: compare the ratio, not the absolute rates).
 #
 #   scripts/bench-ws.sh [COUNT] [ROUNDS] [DIM]
@@ -28,13 +29,18 @@ http=$(grep -o 'http_addr=[0-9.:]*' "$dir/log" | head -1 | cut -d= -f2)
 for n in $(seq "$rounds"); do
   target/release/engram-load --json --target ws --http-addr "$http" --dim "$dim" \
     --count "$count" --connections 1 --space "ws-$n" | tee -a "$dir/ws.jsonl"
+  target/release/engram-load --json --target ws --ws-binary --http-addr "$http" --dim "$dim" \
+    --count "$count" --connections 1 --space "wsb-$n" | tee -a "$dir/wsb.jsonl"
   target/release/engram-load --json --target quic --addr "$quic" --cert "$dir/data/tls/cert.der" \
     --dim "$dim" --count "$count" --connections 1 --space "quic-$n" | tee -a "$dir/quic.jsonl"
 done
-python3 - "$dir/ws.jsonl" "$dir/quic.jsonl" <<'PY'
+python3 - "$dir/ws.jsonl" "$dir/wsb.jsonl" "$dir/quic.jsonl" <<'PY'
 import json, statistics, sys
-ws, quic = ([json.loads(l)["obs_per_sec"] for l in open(p)] for p in sys.argv[1:3])
-m_ws, m_quic = statistics.median(ws), statistics.median(quic)
-print(f"median obs/s per connection: ws {m_ws:,.0f} ({min(ws):,.0f}-{max(ws):,.0f}), "
-      f"quic {m_quic:,.0f} ({min(quic):,.0f}-{max(quic):,.0f}); ws/quic = {m_ws / m_quic:.3f}")
+runs = {name: [json.loads(l)["obs_per_sec"] for l in open(path)]
+        for name, path in zip(("ws-json", "ws-binary", "quic"), sys.argv[1:4])}
+quic = statistics.median(runs["quic"])
+for name, rates in runs.items():
+    m = statistics.median(rates)
+    print(f"{name}: median {m:,.0f} obs/s per connection ({min(rates):,.0f}-{max(rates):,.0f}); "
+          f"/quic = {m / quic:.3f}")
 PY

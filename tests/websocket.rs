@@ -222,7 +222,13 @@ async fn bad_messages_get_typed_errors_and_the_session_goes_on() {
         .await
         .unwrap();
     let error = next_error(&mut socket).await;
-    assert_eq!(error["got"], "a binary message");
+    assert_eq!(error["code"], "malformed_frame");
+    assert_eq!(error["got"], "3 bytes of a frame", "{error}");
+    let mut hello = Vec::new();
+    engram::transport::protocol::Frame::ClientGoodbye { last_seq: 1 }.encode(&mut hello);
+    socket.send(Message::Binary(hello.into())).await.unwrap();
+    let error = next_error(&mut socket).await;
+    assert_eq!(error["expected"], "engram/1 Observe frames only", "{error}");
 
     send(&mut socket, observation(2, "good")).await;
     let mut short = observation(3, "short");
@@ -247,6 +253,36 @@ async fn bad_messages_get_typed_errors_and_the_session_goes_on() {
         1,
         "only the good one is stored"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_messages_carry_engram_frames_with_the_same_acks() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let mut socket = connect(&server).await;
+    init(&mut socket, "framed", None).await;
+    // Three Observe frames in one binary message, then one more in another.
+    let frame = |seq: u64| {
+        let o = engram::observation::Observation {
+            space: "framed".into(),
+            id: format!("f{seq}"),
+            when_unix_ns: seq as i64,
+            confidence: 0.5,
+            what: format!("framed {seq}"),
+            embedding: embedding(seq),
+        };
+        let mut out = Vec::new();
+        engram::transport::protocol::Frame::encode_observation(seq, &o, &mut out);
+        out
+    };
+    let three: Vec<u8> = (1..=3).flat_map(frame).collect();
+    socket.send(Message::Binary(three.into())).await.unwrap();
+    socket.send(Message::Binary(frame(4).into())).await.unwrap();
+    let others = until_acked(&mut socket, 4).await;
+    assert!(others.iter().all(|m| m["type"] != "error"), "{others:?}");
+    let ids: Vec<String> = (1..=4).map(|n| format!("f{n}")).collect();
+    assert!(stored(&server, "framed", &ids).await.iter().all(|f| *f));
+    assert_eq!(count(&server, "framed").await, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

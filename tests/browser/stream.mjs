@@ -6,7 +6,8 @@
 //   3. the connection dropped mid-stream: the client resumes its session;
 //   4. pause: acks are held while paused (the observations are durable meanwhile) and
 //      arrive on resume;
-//   5. a recall returns a streamed observation first.
+//   5. a recall returns a streamed observation first;
+//   6. observations sent as JSON messages instead of binary frames are acknowledged too.
 // The server's own count (over QUIC, `engram spaces`) must equal what was acknowledged.
 //
 // ENGRAM_BIN: the server binary. CHROMIUM: the browser (/usr/bin/chromium by default).
@@ -153,8 +154,17 @@ try {
     // 5. Recall: a streamed observation's own embedding finds it first.
     const recalled = await stream.recall({ k: 3, embedding: embedding(1234) });
     await stream.close();
+    // 6. The same through JSON messages instead of binary frames.
+    const json = await EngramStream.connect({ url, space: "browser-json", encoding: "json" });
+    const jsonAcks = [];
+    for (let n = 1; n <= 100; n++) {
+      await json.ready();
+      jsonAcks.push(json.send(episode(n)));
+    }
+    const jsonAcked = (await Promise.all(jsonAcks)).length;
+    await json.close();
     return { first, acked: acked.size, connectsAfterRestart, connects: stream.connects,
-      acksWhilePaused, ackedBeforeResume, recalled };
+      acksWhilePaused, ackedBeforeResume, recalled, jsonAcked };
   }, { url: `ws://${server.http}/v1/stream` });
 
   console.log(JSON.stringify({ ...result, recalled: result.recalled.hits.map((h) => h.id) }));
@@ -166,6 +176,10 @@ try {
   assert.equal(result.ackedBeforeResume, 2500, "the paused ten were not acknowledged before resume");
   assert.equal(result.recalled.status, "ok");
   assert.equal(result.recalled.hits[0].id, "b1234", "recall finds the streamed observation first");
+  assert.equal(result.recalled.hits[0].what, "browser episode 1234");
+  assert.equal(result.recalled.hits[0].when, 1_700_000_000_000 + 1234, "the binary frame's time");
+  assert.equal(result.jsonAcked, 100, "JSON messages are acknowledged too");
+  assert.equal(storedCount(server, "browser-json"), 100);
   assert.equal(storedCount(server, "browser"), 2510, "stored exactly once each");
   console.log("browser test passed");
 } finally {

@@ -51,6 +51,10 @@ struct Args {
     /// Observations each WebSocket connection keeps unacknowledged at most (target ws).
     #[arg(long, default_value_t = 1024)]
     window: usize,
+    /// Send each observation as its engram/1 Observe frame in a binary message instead of
+    /// JSON (target ws).
+    #[arg(long)]
+    ws_binary: bool,
     /// The server's certificate (target quic); the server writes it to DATA_DIR/tls/.
     #[arg(long, default_value = "./engram-data/tls/cert.der")]
     cert: PathBuf,

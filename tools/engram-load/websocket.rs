@@ -40,10 +40,15 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
                         )
                     })
                     .collect();
-                let (url, space, window, bar) =
-                    (url.clone(), args.space.clone(), args.window, bar.clone());
+                let (url, space, window, bar, binary) = (
+                    url.clone(),
+                    args.space.clone(),
+                    args.window,
+                    bar.clone(),
+                    args.ws_binary,
+                );
                 tokio::spawn(async move {
-                    let sent = stream(&url, &space, window, mine).await;
+                    let sent = stream(&url, &space, window, binary, mine).await;
                     bar.inc(sent.as_ref().map_or(0, |s| s.latencies.len() as u64));
                     sent
                 })
@@ -64,7 +69,8 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         sent += r.sent;
         rejected += r.rejected;
     }
-    Ok(report("ws", all, sent, rejected, seconds))
+    let target = if args.ws_binary { "ws-binary" } else { "ws" };
+    Ok(report(target, all, sent, rejected, seconds))
 }
 
 struct Sent {
@@ -89,6 +95,13 @@ struct Episode<'a> {
     what: &'a str,
     embedding: &'a [f32],
     confidence: f32,
+}
+
+/// An observation as a binary message: its engram/1 Observe frame, no JSON.
+fn binary_message(seq: u64, o: &Observation) -> Message {
+    let mut out = Vec::with_capacity(o.embedding.len() * 4 + 128);
+    engram::transport::protocol::Frame::encode_observation(seq, o, &mut out);
+    Message::Binary(out.into())
 }
 
 fn message(seq: u64, o: &Observation) -> Message {
@@ -117,6 +130,7 @@ async fn stream(
     url: &str,
     space: &str,
     window: usize,
+    binary: bool,
     observations: Vec<Observation>,
 ) -> anyhow::Result<Sent> {
     let (socket, _) = tokio_tungstenite::connect_async(url)
@@ -137,7 +151,12 @@ async fn stream(
             .lock()
             .expect("lock")
             .push_back((seq, Instant::now()));
-        tx.send(message(seq, o)).await?;
+        let message = if binary {
+            binary_message(seq, o)
+        } else {
+            message(seq, o)
+        };
+        tx.send(message).await?;
     }
     let close = json!({ "type": "close", "last_seq": observations.len() as u64 });
     tx.send(Message::Text(close.to_string().into())).await?;

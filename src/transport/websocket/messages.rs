@@ -273,6 +273,12 @@ fn unix_ns(ms: f64) -> Option<i64> {
     Some(whole as i64 * 1_000_000 + fraction_ns)
 }
 
+/// Nanoseconds to Unix milliseconds: whole milliseconds exactly, as they were sent (a
+/// division in f64 gave 1234.9998 for 1235).
+fn unix_ms(ns: i64) -> f64 {
+    ns.div_euclid(1_000_000) as f64 + ns.rem_euclid(1_000_000) as f64 / NS_PER_MS
+}
+
 /// The frame for a message after init; `space` is the session's.
 pub fn to_frame(message: ClientMessage, space: &str) -> Result<Frame, MessageError> {
     Ok(match message {
@@ -467,7 +473,7 @@ fn hit_message(hit: RecallHit) -> HitMessage {
         id: hit.id,
         score: hit.score,
         what: hit.what,
-        when: hit.when_unix_ns as f64 / NS_PER_MS,
+        when: unix_ms(hit.when_unix_ns),
         confidence: hit.confidence,
         lsn: hit.lsn.0,
     }
@@ -491,6 +497,13 @@ mod tests {
         assert_eq!(observe.observation.space, "notes");
         assert_eq!(observe.observation.when_unix_ns, 1_700_000_000_123_500_000);
         assert_eq!(observe.observation.embedding, vec![0.5, 1.0]);
+    }
+
+    #[test]
+    fn times_round_trip_whole_milliseconds_exactly() {
+        for ms in [1_700_000_001_234.0, 1_700_000_000_123.5, -1.25, 0.0] {
+            assert_eq!(unix_ms(unix_ns(ms).unwrap()), ms);
+        }
     }
 
     #[test]

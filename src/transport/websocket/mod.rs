@@ -113,7 +113,16 @@ impl Gateway {
             }
             .run(done),
         );
-        inbound(stream, frames_out, notes, paused, &init.space, done_rx).await;
+        inbound(
+            stream,
+            frames_out,
+            notes,
+            paused,
+            &init.space,
+            frame_bytes_max,
+            done_rx,
+        )
+        .await;
         if let Ok(Err(e)) = session.await {
             tracing::debug!(error = %e, "a WebSocket session ended with an error");
         }
@@ -212,6 +221,7 @@ async fn inbound(
     notes: mpsc::Sender<ServerMessage>,
     paused: watch::Sender<bool>,
     space: &str,
+    frame_bytes_max: u32,
     mut done: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::new();
@@ -225,11 +235,12 @@ async fn inbound(
         // not one by one.
         let mut ended = false;
         loop {
-            match step(message, space, &paused) {
+            match step(message, space, frame_bytes_max, &paused) {
                 Step::Frame(frame) => {
                     ended = matches!(frame, Frame::ClientGoodbye { .. });
                     batch.push(frame);
                 }
+                Step::Frames(frames) => batch.extend(frames),
                 Step::Note(note) => {
                     if notes.send(note).await.is_err() {
                         return;
@@ -253,12 +264,56 @@ async fn inbound(
     }
 }
 
+/// A binary message: engram/1 Observe frames, one or more, exactly as on a QUIC stream
+/// (docs/protocol.md): no JSON to parse, so the fast way to stream. Anything else in it
+/// is refused whole with an error note, and the session goes on.
+fn observe_frames(bytes: &[u8], frame_bytes_max: u32) -> Step {
+    let refuse = |expected: &str, got: String| {
+        Step::Note(ServerMessage::Error {
+            seq: None,
+            code: "malformed_frame".into(),
+            field: Some("binary message".into()),
+            expected: Some(expected.into()),
+            message: format!("binary message: expected {expected}, got {got}"),
+            got: Some(got),
+            retryable: false,
+            fatal: false,
+        })
+    };
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        match Frame::decode(&bytes[at..], frame_bytes_max) {
+            Ok(Some((frame @ Frame::Observe(_), used))) => {
+                frames.push(frame);
+                at += used;
+            }
+            Ok(Some((other, _))) => {
+                return refuse(
+                    "engram/1 Observe frames only",
+                    format!("a {} frame", other.frame_type()),
+                )
+            }
+            Ok(None) => {
+                return refuse(
+                    "whole frames",
+                    format!("{} bytes of a frame", bytes.len() - at),
+                )
+            }
+            Err(e) => return refuse("engram/1 Observe frames", e.to_string()),
+        }
+    }
+    Step::Frames(frames)
+}
+
 /// Messages already arrived that go to the session in one write, at most.
 const BATCH_MESSAGES_MAX: usize = 256;
 
 /// What one socket message asks of the gateway.
 enum Step {
     Frame(Frame),
+    /// Observe frames a binary message carried.
+    Frames(Vec<Frame>),
     /// An error for the browser; the session goes on.
     Note(ServerMessage),
     Skip,
@@ -269,22 +324,12 @@ enum Step {
 fn step(
     message: Option<Result<Message, axum::Error>>,
     space: &str,
+    frame_bytes_max: u32,
     paused: &watch::Sender<bool>,
 ) -> Step {
     let text = match message {
         Some(Ok(Message::Text(text))) => text,
-        Some(Ok(Message::Binary(_))) => {
-            return Step::Note(ServerMessage::Error {
-                seq: None,
-                code: "unexpected_message".into(),
-                field: None,
-                expected: Some("JSON text messages".into()),
-                got: Some("a binary message".into()),
-                message: "the gateway takes JSON text messages only".into(),
-                retryable: false,
-                fatal: false,
-            })
-        }
+        Some(Ok(Message::Binary(bytes))) => return observe_frames(&bytes, frame_bytes_max),
         Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Step::End,
         Some(Ok(_)) => return Step::Skip,
     };
