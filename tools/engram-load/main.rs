@@ -385,7 +385,7 @@ fn run_quic(args: &Args) -> anyhow::Result<Report> {
         .enable_all()
         .build()?;
     let started = Instant::now();
-    let results: Vec<anyhow::Result<(Vec<f64>, u64, u64)>> = runtime.block_on(async {
+    let results: Vec<anyhow::Result<Sent>> = runtime.block_on(async {
         let tasks: Vec<_> = (0..args.connections)
             .map(|sender| {
                 let options = engram::client::ClientOptions::new(
@@ -438,26 +438,51 @@ fn run_quic(args: &Args) -> anyhow::Result<Report> {
                     stream.flush().await?;
                     tally.account(&mut stream);
                     stream.close().await?;
-                    anyhow::Ok((tally.latencies, mine.len() as u64, tally.rejected))
+                    anyhow::Ok(Sent {
+                        latencies: tally.latencies,
+                        sent: mine.len() as u64,
+                        rejected: tally.rejected,
+                    })
                 })
             })
             .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.expect("sender task"));
-        }
-        out
+        join_senders(tasks).await
     });
-    let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
+    summed("quic", results, started.elapsed().as_secs_f64())
+}
+
+/// What one sender sent and what came back.
+struct Sent {
+    /// Ack latency of every acknowledged observation, in milliseconds.
+    latencies: Vec<f64>,
+    sent: u64,
+    rejected: u64,
+}
+
+/// Waits for every sender task, in order.
+async fn join_senders<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(task.await.expect("sender task"));
+    }
+    out
+}
+
+/// One report from every sender's outcome; the first failed sender's error, if any.
+fn summed(
+    target: &'static str,
+    results: Vec<anyhow::Result<Sent>>,
+    seconds: f64,
+) -> anyhow::Result<Report> {
     let (mut all, mut sent, mut rejected) = (Vec::new(), 0, 0);
     for r in results {
-        let (l, s, j) = r?;
-        all.extend(l);
-        sent += s;
-        rejected += j;
+        let r = r?;
+        all.extend(r.latencies);
+        sent += r.sent;
+        rejected += r.rejected;
     }
-    Ok(report("quic", all, sent, rejected, seconds))
+    Ok(report(target, all, sent, rejected, seconds))
 }
 
 /// One sender's record of what it sent and what came back.

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::sync::{oneshot, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{progress_bar, report, Args, Report};
+use super::{join_senders, progress_bar, summed, Args, Report, Sent};
 
 pub fn run(args: &Args) -> anyhow::Result<Report> {
     let url = format!("ws://{}/v1/stream", args.http_addr);
@@ -54,29 +54,11 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
                 })
             })
             .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.expect("sender task"));
-        }
-        out
+        join_senders(tasks).await
     });
-    let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let (mut all, mut sent, mut rejected) = (Vec::new(), 0, 0);
-    for r in results {
-        let r = r?;
-        all.extend(r.latencies);
-        sent += r.sent;
-        rejected += r.rejected;
-    }
     let target = if args.ws_binary { "ws-binary" } else { "ws" };
-    Ok(report(target, all, sent, rejected, seconds))
-}
-
-struct Sent {
-    latencies: Vec<f64>,
-    sent: u64,
-    rejected: u64,
+    summed(target, results, started.elapsed().as_secs_f64())
 }
 
 /// An observation message, serialised straight from the observation: building a
