@@ -17,23 +17,16 @@ count=${1:-40000}
 rounds=${2:-3}
 dim=${3:-384}
 cargo build --release --bin engram --bin engram-load >&2
+source scripts/release-server.sh
 dir=$(mktemp -d)
 server=""
 trap 'kill "$server" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 run() {
   local mode=$1 n=$2
   local data="$dir/$mode-$n"
-  target/release/engram serve --data-dir "$data" --quic-addr 127.0.0.1:0 \
-    --http-addr 127.0.0.1:0 --index-lag-max "$((2 * count))" --metrics-recording "$mode" \
-    2>"$data.log" &
-  server=$!
-  for _ in $(seq 400); do
-    grep -q "engram is up" "$data.log" 2>/dev/null && break
-    sleep 0.05
-  done
-  local addr
-  addr=$(grep -o 'quic_addr=[0-9.:]*' "$data.log" | head -1 | cut -d= -f2)
-  [ -n "$addr" ] || { cat "$data.log" >&2; exit 1; }
+  start_release_server "$data" "$data.log" --index-lag-max "$((2 * count))" \
+    --metrics-recording "$mode"
+  local addr=$quic_addr
   printf 'recording=%s round=%s ' "$mode" "$n" >&2
   local report
   report=$(target/release/engram-load --json --target quic --addr "$addr" \

@@ -13,16 +13,11 @@ rate=${2:-50000}
 dim=${3:-384}
 cargo build --release --bin engram --bin engram-load >&2
 dir=$(mktemp -d)
+server=""
 trap 'kill "$server" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
-target/release/engram serve --data-dir "$dir/data" --quic-addr 127.0.0.1:0 \
-  --http-addr 127.0.0.1:0 2>"$dir/server.log" &
-server=$!
-for _ in $(seq 200); do
-  grep -q "engram is up" "$dir/server.log" 2>/dev/null && break
-  sleep 0.05
-done
-addr=$(grep -o 'quic_addr=[0-9.:]*' "$dir/server.log" | head -1 | cut -d= -f2)
-[ -n "$addr" ] || { cat "$dir/server.log" >&2; exit 1; }
+source scripts/release-server.sh
+start_release_server "$dir/data" "$dir/server.log"
+addr=$quic_addr
 load() {
   local name=$1; shift
   printf '%s ' "$name"

@@ -16,16 +16,9 @@ cargo build --release --bin engram --bin engram-load >&2
 dir=$(mktemp -d)
 server=""
 trap 'kill "$server" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
-target/release/engram serve --data-dir "$dir/data" --quic-addr 127.0.0.1:0 \
-  --http-addr 127.0.0.1:0 --index-lag-max "$((4 * count * rounds))" 2>"$dir/log" &
-server=$!
-for _ in $(seq 400); do
-  grep -q "engram is up" "$dir/log" 2>/dev/null && break
-  sleep 0.05
-done
-quic=$(grep -o 'quic_addr=[0-9.:]*' "$dir/log" | head -1 | cut -d= -f2)
-http=$(grep -o 'http_addr=[0-9.:]*' "$dir/log" | head -1 | cut -d= -f2)
-[ -n "$quic" ] && [ -n "$http" ] || { cat "$dir/log" >&2; exit 1; }
+source scripts/release-server.sh
+start_release_server "$dir/data" "$dir/log" --index-lag-max "$((4 * count * rounds))"
+quic=$quic_addr http=$http_addr
 for n in $(seq "$rounds"); do
   target/release/engram-load --json --target ws --http-addr "$http" --dim "$dim" \
     --count "$count" --connections 1 --space "ws-$n" | tee -a "$dir/ws.jsonl"
