@@ -34,6 +34,8 @@ const PIPE_BYTES: usize = 256 << 10;
 const NOTES_MAX: usize = 64;
 /// The heartbeat interval unless configured.
 pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(30);
+/// How long a new socket has to send init before it is closed.
+const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Observations a client may keep unacknowledged, at most, whatever init asks.
 pub const BUFFER_SIZE_MAX: u32 = 65_536;
 
@@ -79,7 +81,9 @@ impl Gateway {
     pub async fn serve(self, socket: WebSocket, engine: Arc<Engine>) {
         let _active = Active::count(&self.active);
         let (mut sink, mut stream) = socket.split();
-        if let Some(init) = wait_init(&mut sink, &mut stream).await {
+        // A socket that never says init does not hold its connection for ever.
+        let init = tokio::time::timeout(INIT_TIMEOUT, wait_init(&mut sink, &mut stream)).await;
+        if let Ok(Some(init)) = init {
             self.run(init, sink, stream, engine).await;
         }
     }
