@@ -125,6 +125,20 @@ struct Args {
     no_prepare: bool,
 }
 
+impl Args {
+    /// The `n`-th observation of SPACE: the same for every target and every run.
+    fn observation(&self, n: u64) -> engram::observation::Observation {
+        synthetic::observation(
+            self.seed,
+            &self.space,
+            "obs-",
+            n,
+            self.dim,
+            self.distribution,
+        )
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum PreallocationArg {
     ZeroFill,
@@ -314,19 +328,7 @@ fn sender_loop(
                 std::thread::sleep(wait);
             }
         }
-        let observations: Vec<_> = chunk
-            .iter()
-            .map(|&n| {
-                synthetic::observation(
-                    args.seed,
-                    &args.space,
-                    "obs-",
-                    n,
-                    args.dim,
-                    args.distribution,
-                )
-            })
-            .collect();
+        let observations: Vec<_> = chunk.iter().map(|&n| args.observation(n)).collect();
         let entries = observations
             .iter()
             .map(|o| Entry {

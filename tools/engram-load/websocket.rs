@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use engram::observation::Observation;
-use engram::synthetic;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, Semaphore};
@@ -29,16 +28,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             .map(|sender| {
                 let mine: Vec<Observation> = (args.start + sender as u64..args.start + args.count)
                     .step_by(args.connections)
-                    .map(|n| {
-                        synthetic::observation(
-                            args.seed,
-                            &args.space,
-                            "obs-",
-                            n,
-                            args.dim,
-                            args.distribution,
-                        )
-                    })
+                    .map(|n| args.observation(n))
                     .collect();
                 let (url, space, window, bar, binary) = (
                     url.clone(),
