@@ -403,11 +403,12 @@ async fn every_acknowledged_observation_survives_repeated_sigkills_exactly_once(
             let round = tokio::time::timeout(DEADLINE, quiet.recv())
                 .await
                 .unwrap_or_else(|_| {
-                    // What the server was doing: its load state, lag and index progress.
-                    let stats = tokio::task::block_in_place(|| clean.stats());
+                    // What the server was doing: its load state, lag, index progress,
+                    // log and threads.
+                    let diagnosis = tokio::task::block_in_place(|| clean.diagnosis());
                     panic!(
                         "seed {seed}, cycle {cycle}: the clients settling took over 5 minutes; \
-                         server stats: {stats:#}"
+                         {diagnosis}"
                     )
                 });
             assert_eq!(round, Some(cycle));

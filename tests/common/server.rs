@@ -115,6 +115,28 @@ impl Server {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// What the server is doing, for a test that gave up waiting on it: its /stats, its
+    /// log since start, and every thread's stack (if gdb is installed).
+    pub fn diagnosis(&self) -> String {
+        let stats = self.stats();
+        let log: Vec<String> = self.log.try_iter().collect();
+        let stacks = Command::new("gdb")
+            .args([
+                "-p",
+                &self.child.id().to_string(),
+                "-batch",
+                "-ex",
+                "thread apply all bt",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("(no stacks: gdb: {e})"));
+        format!(
+            "server stats: {stats:#}\nserver log:\n{}\nthreads:\n{stacks}",
+            log.join("\n")
+        )
+    }
+
     /// Waits until every index worker has indexed the log up to its durable LSN; the
     /// /stats JSON then. Polls: the condition, not the time, decides.
     pub fn wait_indexed(&self) -> serde_json::Value {
