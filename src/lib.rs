@@ -3,6 +3,7 @@
 //! Data flows one way: transport -> ingest (validate) -> wal (durable) -> ack;
 //! wal -> ingest workers -> index -> recall. See docs/architecture.md.
 
+pub mod auth;
 pub mod chaos;
 pub mod client;
 pub mod index;

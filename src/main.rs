@@ -154,6 +154,32 @@ struct ServeArgs {
     /// session; a browser that hears none for two intervals reconnects.
     #[arg(long, env = "ENGRAM_WS_HEARTBEAT_MS", default_value_t = engram::transport::websocket::HEARTBEAT_DEFAULT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
     ws_heartbeat_ms: u64,
+    /// A TOML file of tokens and the spaces each may read or write (docs/security.md).
+    /// Without one, every client may do everything, and the server refuses to listen
+    /// anywhere but on loopback.
+    #[arg(long, env = "ENGRAM_AUTH_FILE")]
+    auth_file: Option<PathBuf>,
+    /// QUIC connections held at once; past it a new one is refused.
+    #[arg(long, env = "ENGRAM_CONNECTIONS_MAX", default_value_t = engram::transport::quic::CONNECTIONS_MAX_DEFAULT, value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
+    connections_max: usize,
+    /// Sessions open at once over QUIC and WebSocket together; past it a new one gets
+    /// Error LimitReached.
+    #[arg(long, env = "ENGRAM_SESSIONS_MAX", default_value_t = engram::transport::session::SESSIONS_MAX_DEFAULT, value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
+    sessions_max: usize,
+    /// Sessions (streams) one QUIC connection may have open at once.
+    #[arg(long, env = "ENGRAM_STREAMS_PER_CONNECTION_MAX", default_value_t = engram::transport::endpoint::STREAMS_PER_CONNECTION_MAX_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    streams_per_connection_max: u32,
+    /// Milliseconds a new session has to send Hello before it is closed.
+    #[arg(long, env = "ENGRAM_HELLO_TIMEOUT_MS", default_value_t = engram::transport::session::HELLO_TIMEOUT_DEFAULT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    hello_timeout_ms: u64,
+    /// Serve GET /metrics here (and no longer on --http-addr), without a token: an
+    /// address kept to the monitoring network.
+    #[arg(long, env = "ENGRAM_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Milliseconds a QUIC connection may send nothing (not even a keep-alive) before it
+    /// is closed.
+    #[arg(long, env = "ENGRAM_IDLE_TIMEOUT_MS", default_value_t = engram::transport::endpoint::IDLE_TIMEOUT_DEFAULT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    idle_timeout_ms: u64,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -227,6 +253,13 @@ struct ConfigFile {
     metrics_spaces_max: Option<usize>,
     metrics_recording: Option<bool>,
     ws_heartbeat_ms: Option<u64>,
+    auth_file: Option<PathBuf>,
+    connections_max: Option<usize>,
+    sessions_max: Option<usize>,
+    streams_per_connection_max: Option<u32>,
+    hello_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Fills every setting that came from neither the command line nor the environment from
@@ -278,6 +311,13 @@ fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyhow::
     fill!(metrics_spaces_max, anyhow::Ok);
     fill!(metrics_recording, anyhow::Ok);
     fill!(ws_heartbeat_ms, anyhow::Ok);
+    fill!(auth_file, |v| anyhow::Ok(Some(v)));
+    fill!(connections_max, anyhow::Ok);
+    fill!(sessions_max, anyhow::Ok);
+    fill!(streams_per_connection_max, anyhow::Ok);
+    fill!(hello_timeout_ms, anyhow::Ok);
+    fill!(idle_timeout_ms, anyhow::Ok);
+    fill!(metrics_addr, |v| anyhow::Ok(Some(v)));
     fill!(wal_recovery_mode, |v: String| {
         <RecoveryModeArg as clap::ValueEnum>::from_str(&v.replace('_', "-"), false)
             .map_err(|e| anyhow::anyhow!("wal_recovery_mode in {}: {e}", path.display()))
@@ -299,6 +339,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ => ServerIdentity::load_or_generate(&args.data_dir)?,
     };
     let quic_secret = engram::transport::endpoint::QuicSecret::load_or_generate(&args.data_dir)?;
+    let auth = Arc::new(authenticator(&args)?);
     let limits = IngestLimits {
         inflight_bytes_max: args.inflight_bytes_max,
         queue_bytes_max: args.queue_bytes_max,
@@ -316,14 +357,37 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding HTTP to {}", args.http_addr))?;
     let http_addr = http.local_addr()?;
     // One table for both transports: a session's resume token works on either.
-    let sessions = Arc::new(engram::transport::session::SessionTable::default());
+    let sessions = Arc::new(engram::transport::session::SessionTable::new(
+        auth.clone(),
+        engram::transport::session::SessionLimits {
+            sessions_max: args.sessions_max,
+            hello_timeout: Duration::from_millis(args.hello_timeout_ms),
+        },
+    ));
     let (ws_stop, ws_stopping) = tokio::sync::watch::channel(false);
     let gateway = engram::transport::websocket::Gateway::new(
         sessions.clone(),
         ws_stopping,
         Duration::from_millis(args.ws_heartbeat_ms.max(1)),
     );
-    let router = engram::transport::http::router(readiness.clone(), gateway.clone());
+    let router = engram::transport::http::router(
+        readiness.clone(),
+        gateway.clone(),
+        auth,
+        args.metrics_addr.is_none(),
+    );
+    if let Some(metrics_addr) = args.metrics_addr {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(metrics_addr))
+            .with_context(|| format!("binding /metrics to {metrics_addr}"))?;
+        tracing::info!(metrics_addr = %listener.local_addr()?, "GET /metrics is served here only");
+        let metrics_router = engram::transport::http::metrics_router(readiness.clone());
+        runtime.spawn(async move {
+            if let Err(e) = axum::serve(listener, metrics_router).await {
+                tracing::error!(error = %e, "the metrics server stopped");
+            }
+        });
+    }
     runtime.spawn(async move {
         if let Err(e) = axum::serve(http, router).await {
             tracing::error!(error = %e, "the HTTP server stopped");
@@ -372,6 +436,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.quic_addr,
                 identity.quic_server_config()?,
                 Some(&quic_secret),
+                &engram::transport::endpoint::ConnectionLimits {
+                    streams_per_connection_max: args.streams_per_connection_max,
+                    idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+                },
             )
             .with_context(|| format!("binding QUIC to {}", args.quic_addr))?;
         let report = engine.wal().recovery_report();
@@ -390,7 +458,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             shutdown.wait().await;
             let _ = ws_stop.send(true);
         };
-        engram::transport::quic::serve(endpoint, engine.clone(), sessions, shutdown).await;
+        engram::transport::quic::serve(
+            endpoint,
+            engine.clone(),
+            sessions,
+            args.connections_max,
+            shutdown,
+        )
+        .await;
         gateway.drained(WS_DRAIN_TIMEOUT).await;
         anyhow::Ok(())
     })?;
@@ -403,6 +478,32 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Err(shared) => drop(shared),
     }
     Ok(())
+}
+
+/// The tokens of `--auth-file`; without one, open access, which is refused anywhere but
+/// on loopback.
+fn authenticator(args: &ServeArgs) -> anyhow::Result<engram::auth::Authenticator> {
+    if let Some(path) = &args.auth_file {
+        let auth = engram::auth::Authenticator::load(path)?;
+        tracing::info!(auth_file = %path.display(), "clients must present a token from the auth file");
+        return Ok(auth);
+    }
+    for (flag, addr) in [
+        ("--quic-addr", args.quic_addr),
+        ("--http-addr", args.http_addr),
+    ] {
+        anyhow::ensure!(
+            addr.ip().is_loopback(),
+            "{flag} {addr} is not a loopback address, and there is no --auth-file: \
+             without tokens every client could read and write every space. \
+             Give an --auth-file (docs/security.md) or listen on 127.0.0.1"
+        );
+    }
+    tracing::warn!(
+        "no --auth-file: every client may read and write every space; \
+         listening on loopback only"
+    );
+    Ok(engram::auth::Authenticator::open())
 }
 
 /// How long a graceful shutdown waits for WebSocket sessions to acknowledge what they

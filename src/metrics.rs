@@ -42,6 +42,8 @@ pub struct Metrics {
     pub index_vectors: IntGaugeVec,
     pub recovery_duration: Gauge,
     pub worker_restarts: IntCounter,
+    pub auth_failures: IntCounterVec,
+    pub limit_hits: IntCounterVec,
     /// Per worker: its busy nanoseconds at the start of the current utilization window,
     /// when that window started, and the busy nanoseconds already counted.
     utilization_base: Mutex<Vec<WorkerWindow>>,
@@ -214,6 +216,17 @@ impl Metrics {
             worker_restarts: counter(
                 "engram_worker_restarts_total",
                 "Index workers restarted after a panic",
+            ),
+            auth_failures: counter_vec(
+                "engram_auth_failures_total",
+                "Sessions and requests refused by the auth file: missing_token, invalid_token, \
+                 forbidden (a space the token may not use)",
+                "reason",
+            ),
+            limit_hits: counter_vec(
+                "engram_limit_hits_total",
+                "Connections, sessions and requests refused by a server limit, by the limit's name",
+                "limit",
             ),
             utilization_base: Mutex::default(),
             registry,

@@ -43,6 +43,7 @@ fn expected_frames() -> BTreeMap<&'static str, Frame> {
                 version: 1,
                 client_name: "cli".into(),
                 resume_token: None,
+                auth_token: None,
             },
         ),
         (
@@ -51,6 +52,16 @@ fn expected_frames() -> BTreeMap<&'static str, Frame> {
                 version: 1,
                 client_name: "cli".into(),
                 resume_token: Some(std::array::from_fn(|i| i as u8)),
+                auth_token: None,
+            },
+        ),
+        (
+            "hello_auth",
+            Frame::Hello {
+                version: 1,
+                client_name: "cli".into(),
+                resume_token: None,
+                auth_token: Some("s3cret-token".into()),
             },
         ),
         (
@@ -315,13 +326,17 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         (
             any::<u16>(),
             arb_string(40),
-            prop::option::of(any::<[u8; 16]>())
+            prop::option::of(any::<[u8; 16]>()),
+            prop::option::of(arb_string(40)),
         )
-            .prop_map(|(version, client_name, resume_token)| Frame::Hello {
-                version,
-                client_name,
-                resume_token
-            }),
+            .prop_map(
+                |(version, client_name, resume_token, auth_token)| Frame::Hello {
+                    version,
+                    client_name,
+                    resume_token,
+                    auth_token,
+                }
+            ),
         (
             any::<u64>(),
             arb_string(30),

@@ -92,6 +92,7 @@ fn hello(version: u16) -> Vec<u8> {
         version,
         client_name: "raw".into(),
         resume_token: None,
+        auth_token: None,
     }
     .encode(&mut out);
     out

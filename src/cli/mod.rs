@@ -24,13 +24,19 @@ pub struct ServerArgs {
         default_value = "./engram-data/tls/cert.der"
     )]
     pub cert: PathBuf,
+    /// The token to present, for a server with an auth file (ENGRAM_TOKEN keeps it out
+    /// of the process list).
+    #[arg(long, env = "ENGRAM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl ServerArgs {
     pub fn options(&self, client_name: &str) -> anyhow::Result<ClientOptions> {
         let cert = std::fs::read(&self.cert)
             .with_context(|| format!("reading the server certificate {}", self.cert.display()))?;
-        Ok(ClientOptions::new(self.addr, cert, client_name))
+        let mut options = ClientOptions::new(self.addr, cert, client_name);
+        options.auth_token = self.token.clone();
+        Ok(options)
     }
 }
 

@@ -33,6 +33,8 @@ pub struct ClientOptions {
     /// third of it), and the stream reconnects.
     pub idle_timeout: std::time::Duration,
     pub tuning: QuicTuning,
+    /// Presented in Hello to a server with an auth file.
+    pub auth_token: Option<String>,
 }
 
 impl ClientOptions {
@@ -44,6 +46,7 @@ impl ClientOptions {
             client_name: client_name.into(),
             idle_timeout: IDLE_TIMEOUT_DEFAULT,
             tuning: QuicTuning::default(),
+            auth_token: None,
         }
     }
 }
@@ -182,6 +185,7 @@ impl Session {
             version: PROTOCOL_VERSION,
             client_name: options.client_name.clone(),
             resume_token: resume,
+            auth_token: options.auth_token.clone(),
         };
         write_frames(&mut send, &[hello]).await?;
         let mut reader =

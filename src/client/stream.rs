@@ -303,6 +303,12 @@ impl ObservationStream {
                         });
                     }
                 }
+                // A token the server does not take will not be taken on a retry either.
+                Err(e @ ClientError::Server { code, .. })
+                    if code == ErrorCode::Unauthenticated as u16 =>
+                {
+                    return Err(e)
+                }
                 Err(ClientError::Server { code, .. })
                     if code == ErrorCode::UnknownResumeToken as u16 =>
                 {

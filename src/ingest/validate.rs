@@ -19,6 +19,17 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// The session's token may not write `space`. Said the same whether or not the space
+    /// exists.
+    pub fn forbidden(space: &str) -> Rejection {
+        Rejection::new(
+            RejectCode::Forbidden,
+            "space",
+            "a space the session's token may write",
+            space,
+        )
+    }
+
     fn new(
         code: RejectCode,
         field: &'static str,

@@ -114,6 +114,28 @@ pub struct QuicTuning {
     pub socket_buffer_bytes: usize,
 }
 
+/// Bounds on what one QUIC connection to the server may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Sessions (bidirectional streams) open at once on one connection; QUIC itself
+    /// holds a client back past it.
+    pub streams_per_connection_max: u32,
+    /// A connection that sends nothing (not even a keep-alive) for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+pub const STREAMS_PER_CONNECTION_MAX_DEFAULT: u32 = 16;
+pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
+impl Default for ConnectionLimits {
+    fn default() -> ConnectionLimits {
+        ConnectionLimits {
+            streams_per_connection_max: STREAMS_PER_CONNECTION_MAX_DEFAULT,
+            idle_timeout: IDLE_TIMEOUT_DEFAULT,
+        }
+    }
+}
+
 impl Default for QuicTuning {
     fn default() -> Self {
         QuicTuning {
@@ -230,8 +252,17 @@ impl QuicTuning {
         addr: SocketAddr,
         mut config: quinn::ServerConfig,
         secret: Option<&QuicSecret>,
+        limits: &ConnectionLimits,
     ) -> Result<quinn::Endpoint, EndpointError> {
-        config.transport_config(Arc::new(self.transport_config(None)?));
+        let mut transport = self.transport_config(None)?;
+        transport
+            .max_concurrent_bidi_streams(limits.streams_per_connection_max.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(limits.idle_timeout)
+                    .map_err(|_| EndpointError::IdleTimeout(limits.idle_timeout))?,
+            ));
+        config.transport_config(Arc::new(transport));
         self.bind(addr, Some(config), secret)
     }
 

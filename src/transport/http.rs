@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::websocket::Gateway;
+use crate::auth::Authenticator;
 use crate::ingest::Engine;
 
 /// Filled in once recovery is done; until then /ready answers 503.
@@ -28,22 +29,36 @@ impl Readiness {
     }
 }
 
-pub fn router(readiness: Readiness, gateway: Gateway) -> Router {
+/// The HTTP routes. `/stats` (and `/metrics`, if `with_metrics`) need a bearer token with
+/// the admin right when `auth` has tokens; /health and /ready are open.
+pub fn router(
+    readiness: Readiness,
+    gateway: Gateway,
+    auth: Arc<Authenticator>,
+    with_metrics: bool,
+) -> Router {
     let stream = Router::new()
         .route("/v1/stream", get(stream))
         .with_state((readiness.clone(), gateway));
+    let mut admin = Router::new().route("/stats", get(stats));
+    if with_metrics {
+        admin = admin.route("/metrics", get(metrics));
+    }
+    let admin = admin
+        .route_layer(axum::middleware::from_fn_with_state(auth, admin_only))
+        .with_state(readiness.clone());
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/stats", get(stats))
-        .route("/metrics", get(metrics))
         .with_state(readiness)
+        .merge(admin)
         .merge(stream)
 }
 
 /// Upgrades to a WebSocket session once recovery is done; 503 until then.
 async fn stream(
     State((readiness, gateway)): State<(Readiness, Gateway)>,
+    headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let Some(engine) = readiness.engine.get().and_then(Weak::upgrade) else {
@@ -55,7 +70,7 @@ async fn stream(
     };
     upgrade
         .max_message_size(Gateway::message_bytes_max(&engine))
-        .on_upgrade(move |socket| gateway.serve(socket, engine))
+        .on_upgrade(move |socket| gateway.serve(socket, engine, bearer(&headers)))
 }
 
 /// Live, unless the log failed (a sync or write error): then 503 with the cause, so a
@@ -196,4 +211,49 @@ async fn ready(State(readiness): State<Readiness>) -> (StatusCode, Json<serde_js
             ),
         },
     }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header, if any.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// Only GET /metrics, for `--metrics-addr`: an address the operator keeps to the
+/// monitoring network, so no token is asked there.
+pub fn metrics_router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(readiness)
+}
+
+/// Lets a request through if the server is open or its bearer token has the admin right;
+/// 401 otherwise (counted, and the same answer for a missing or a wrong token).
+async fn admin_only(
+    State(auth): State<Arc<Authenticator>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let token = bearer(request.headers());
+    let refusal = match auth.authenticate(token.as_deref()) {
+        Ok(access) if access.is_admin() => return next.run(request).await,
+        Ok(_) => "forbidden",
+        Err(e) => e.reason(),
+    };
+    crate::metrics::metrics()
+        .auth_failures
+        .with_label_values(&[refusal])
+        .inc();
+    (
+        StatusCode::UNAUTHORIZED,
+        [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({ "reason": "a bearer token with the admin right is required" })),
+    )
+        .into_response()
 }

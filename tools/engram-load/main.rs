@@ -58,6 +58,10 @@ struct Args {
     /// The server's certificate (target quic); the server writes it to DATA_DIR/tls/.
     #[arg(long, default_value = "./engram-data/tls/cert.der")]
     cert: PathBuf,
+    /// The token to present to a server with an auth file (in Hello, or as the
+    /// WebSocket's bearer).
+    #[arg(long, env = "ENGRAM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[arg(long, default_value = "./engram-load-data")]
     data_dir: PathBuf,
     #[arg(long, default_value = "load")]
@@ -390,11 +394,12 @@ fn run_quic(args: &Args) -> anyhow::Result<Report> {
     let results: Vec<anyhow::Result<Sent>> = runtime.block_on(async {
         let tasks: Vec<_> = (0..args.connections)
             .map(|sender| {
-                let options = engram::client::ClientOptions::new(
+                let mut options = engram::client::ClientOptions::new(
                     args.addr,
                     cert.clone(),
                     &format!("engram-load-{sender}"),
                 );
+                options.auth_token = args.token.clone();
                 let mine: Vec<u64> = (args.start + sender as u64..args.start + args.count)
                     .step_by(args.connections)
                     .collect();

@@ -47,6 +47,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             "127.0.0.1:0".parse().expect("valid"),
             identity.quic_server_config()?,
             None,
+            &Default::default(),
         )?;
         let addr = server.local_addr()?;
         let message_len = message.len();

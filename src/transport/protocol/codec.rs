@@ -8,7 +8,8 @@ use crate::space::Metric;
 
 use super::{
     ConsistencyCode, DefineOutcome, Frame, FrameType, Limits, LoadState, ObserveFrame,
-    ProtocolError, RecallStatus, SpaceEntry, CHECK_IDS_MAX, FRAME_HEADER_BYTES,
+    ProtocolError, RecallStatus, SpaceEntry, CHECK_IDS_MAX, FRAME_HEADER_BYTES, HELLO_AUTH_TOKEN,
+    HELLO_RESUME_TOKEN,
 };
 use crate::index::{Consistency, RecallHit};
 use crate::wal::Lsn;
@@ -51,15 +52,23 @@ impl Frame {
                 version,
                 client_name,
                 resume_token,
+                auth_token,
             } => {
                 w.u16(*version);
                 w.str8(client_name);
-                match resume_token {
-                    Some(token) => {
-                        w.u8(1);
-                        w.bytes(token);
-                    }
-                    None => w.u8(0),
+                let mut flags = 0;
+                if resume_token.is_some() {
+                    flags |= HELLO_RESUME_TOKEN;
+                }
+                if auth_token.is_some() {
+                    flags |= HELLO_AUTH_TOKEN;
+                }
+                w.u8(flags);
+                if let Some(token) = resume_token {
+                    w.bytes(token);
+                }
+                if let Some(token) = auth_token {
+                    w.str8(token);
                 }
             }
             Frame::Observe(o) => w.observe(o.seq, &o.observation),
@@ -284,20 +293,28 @@ fn decode_body(kind: FrameType, r: &mut Reader<'_>) -> Result<Frame, ProtocolErr
         FrameType::Hello => {
             let version = r.u16("version")?;
             let client_name = r.str8("client_name")?;
-            let resume_token = match r.u8("has_resume_token")? {
-                0 => None,
-                1 => Some(r.array("resume_token")?),
-                other => {
-                    return Err(ProtocolError::InvalidValue {
-                        field: "has_resume_token",
-                        value: other.into(),
-                    })
-                }
+            let flags = r.u8("flags")?;
+            if flags & !(HELLO_RESUME_TOKEN | HELLO_AUTH_TOKEN) != 0 {
+                return Err(ProtocolError::InvalidValue {
+                    field: "flags",
+                    value: flags.into(),
+                });
+            }
+            let resume_token = if flags & HELLO_RESUME_TOKEN != 0 {
+                Some(r.array("resume_token")?)
+            } else {
+                None
+            };
+            let auth_token = if flags & HELLO_AUTH_TOKEN != 0 {
+                Some(r.str8("auth_token")?)
+            } else {
+                None
             };
             Frame::Hello {
                 version,
                 client_name,
                 resume_token,
+                auth_token,
             }
         }
         FrameType::Observe => {

@@ -27,6 +27,10 @@ pub const FRAME_HEADER_BYTES: usize = 5;
 /// The default limit on a frame's length field; servers may lower it (advertised in Welcome).
 pub const FRAME_BYTES_MAX_DEFAULT: u32 = 1 << 20;
 pub const RESUME_TOKEN_BYTES: usize = 16;
+/// Hello.flags: a resume token follows.
+pub const HELLO_RESUME_TOKEN: u8 = 1;
+/// Hello.flags: an auth token (str8) follows, after the resume token if both.
+pub const HELLO_AUTH_TOKEN: u8 = 2;
 
 /// Frame type codes: client to server below 0x40, server to client from 0x40.
 /// 0x10..0x1F and 0x50..0x5F are for recall.
@@ -144,6 +148,8 @@ pub enum Frame {
         version: u16,
         client_name: String,
         resume_token: Option<[u8; RESUME_TOKEN_BYTES]>,
+        /// The token of the server's `--auth-file`, if it has one.
+        auth_token: Option<String>,
     },
     Observe(ObserveFrame),
     /// The client will send nothing after `last_seq`.
@@ -261,6 +267,8 @@ pub enum RecallStatus {
     Failed = 5,
     /// Recall by id: no observation with that id is stored in the space.
     UnknownId = 6,
+    /// The session's token may not read the space (whether or not it exists).
+    Forbidden = 7,
 }
 
 impl RecallStatus {
@@ -273,6 +281,7 @@ impl RecallStatus {
             4 => RecallStatus::FutureLsn,
             5 => RecallStatus::Failed,
             6 => RecallStatus::UnknownId,
+            7 => RecallStatus::Forbidden,
             _ => return None,
         })
     }
@@ -365,10 +374,13 @@ pub enum RejectCode {
     EmptyEmbedding = 10,
     /// A new space beyond the server's `spaces_max`.
     TooManySpaces = 11,
+    /// The session's token may not write this space (or the space does not exist: the
+    /// answer is the same, so that it reveals nothing).
+    Forbidden = 12,
 }
 
 impl RejectCode {
-    pub const ALL: [RejectCode; 11] = [
+    pub const ALL: [RejectCode; 12] = [
         RejectCode::InvalidSpace,
         RejectCode::InvalidId,
         RejectCode::DimensionMismatch,
@@ -380,6 +392,7 @@ impl RejectCode {
         RejectCode::StorageFull,
         RejectCode::EmptyEmbedding,
         RejectCode::TooManySpaces,
+        RejectCode::Forbidden,
     ];
 
     /// The name used in metrics, logs and the WebSocket gateway.
@@ -396,6 +409,7 @@ impl RejectCode {
             RejectCode::StorageFull => "storage_full",
             RejectCode::EmptyEmbedding => "empty_embedding",
             RejectCode::TooManySpaces => "too_many_spaces",
+            RejectCode::Forbidden => "forbidden",
         }
     }
 }
@@ -411,4 +425,10 @@ pub enum ErrorCode {
     ShuttingDown = 5,
     /// The log failed (a sync error): nothing more is acknowledged until a restart.
     StorageFailed = 6,
+    /// No token, or one the server does not know (the server has an auth file).
+    Unauthenticated = 7,
+    /// The token may not read the space a CheckIds asked about.
+    Forbidden = 8,
+    /// A server limit (sessions, time to Hello) was reached; the message names it.
+    LimitReached = 9,
 }

@@ -8,10 +8,13 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use super::reader::{BatchOutcome, SessionError, Work};
 use super::recall::answer_recall;
 use super::{FrameSink, SessionTable, Token};
+use crate::auth::Access;
 use crate::index::RecallQuery;
 use crate::ingest::{Defined, Engine, EngineError, Handled, ServerLoad};
 use crate::transport::framed::write_frames;
-use crate::transport::protocol::{DefineOutcome, ErrorCode, Frame, LoadState, SpaceEntry};
+use crate::transport::protocol::{
+    DefineOutcome, ErrorCode, Frame, LoadState, RecallStatus, RejectCode, SpaceEntry,
+};
 
 /// The sending half of a session.
 pub(super) struct Acknowledger<S> {
@@ -23,6 +26,8 @@ pub(super) struct Acknowledger<S> {
     /// The server-wide load state; the client hears of every change.
     load: watch::Receiver<LoadState>,
     engine: Arc<Engine>,
+    /// What the session's token may read and write.
+    access: Access,
 }
 
 impl<S: FrameSink> Acknowledger<S> {
@@ -35,6 +40,7 @@ impl<S: FrameSink> Acknowledger<S> {
         last_acked: u64,
         credits: Arc<Semaphore>,
         engine: Arc<Engine>,
+        access: Access,
     ) -> Acknowledger<S> {
         Acknowledger {
             send,
@@ -44,6 +50,7 @@ impl<S: FrameSink> Acknowledger<S> {
             credits,
             load: engine.load().subscribe(),
             engine,
+            access,
         }
     }
 
@@ -182,7 +189,12 @@ pub(super) async fn acknowledge<S: FrameSink>(
                 };
                 let query_id = (!query_id.is_empty()).then_some(query_id);
                 let asked = std::time::Instant::now();
-                let frames = answer_recall(ack.engine.clone(), request_id, query, query_id).await;
+                let frames = if ack.access.may_read(&query.space) {
+                    answer_recall(ack.engine.clone(), request_id, query, query_id).await
+                } else {
+                    count_forbidden();
+                    vec![forbidden_recall(request_id, &query.space)]
+                };
                 write_frames(&mut ack.send, &frames).await?;
                 if let Some(metrics) = crate::metrics::recording() {
                     metrics
@@ -190,7 +202,16 @@ pub(super) async fn acknowledge<S: FrameSink>(
                         .observe(asked.elapsed().as_secs_f64());
                 }
             }
-            Work::Request(request) => match answer(&ack.engine, request).await {
+            Work::Request(Frame::CheckIds { space, .. }) if !ack.access.may_read(&space) => {
+                count_forbidden();
+                return close_with(
+                    &mut ack.send,
+                    ErrorCode::Forbidden,
+                    format!("the session's token may not read space {space:?}"),
+                )
+                .await;
+            }
+            Work::Request(request) => match answer(&ack.engine, &ack.access, request).await {
                 Ok(answer) => write_frames(&mut ack.send, &[answer]).await?,
                 Err(e) => {
                     // Only a latched log failure gets here: the session ends.
@@ -215,8 +236,9 @@ pub(super) async fn acknowledge<S: FrameSink>(
     Ok(())
 }
 
-/// The answer to a ListSpaces or CheckIds request.
-async fn answer(engine: &Engine, request: Frame) -> Result<Frame, EngineError> {
+/// The answer to a ListSpaces, CheckIds or CreateSpace request. A listing shows only the
+/// spaces `access` may read.
+async fn answer(engine: &Engine, access: &Access, request: Frame) -> Result<Frame, EngineError> {
     Ok(match request {
         Frame::ListSpaces { request_id } => Frame::SpaceList {
             request_id,
@@ -225,6 +247,7 @@ async fn answer(engine: &Engine, request: Frame) -> Result<Frame, EngineError> {
                 .spaces()
                 .summaries()
                 .into_iter()
+                .filter(|s| access.may_read(&s.name))
                 .map(|s| SpaceEntry {
                     name: s.name,
                     dim: s.dim,
@@ -241,6 +264,18 @@ async fn answer(engine: &Engine, request: Frame) -> Result<Frame, EngineError> {
             request_id,
             found: engine.contains(&space, &ids),
         },
+        Frame::CreateSpace {
+            request_id, space, ..
+        } if !access.may_write(&space) => {
+            count_forbidden();
+            Frame::SpaceDefined {
+                request_id,
+                outcome: DefineOutcome::Refused,
+                lsn: 0,
+                code: RejectCode::Forbidden as u16,
+                message: format!("the session's token may not write space {space:?}"),
+            }
+        }
         Frame::CreateSpace {
             request_id,
             space,
@@ -265,6 +300,26 @@ async fn answer(engine: &Engine, request: Frame) -> Result<Frame, EngineError> {
         }
         other => unreachable!("only requests are queued as Work::Request, not {other:?}"),
     })
+}
+
+/// A RecallResult refusing a space the token may not read; the same whether or not the
+/// space exists.
+fn forbidden_recall(request_id: u64, space: &str) -> Frame {
+    Frame::RecallResult {
+        request_id,
+        status: RecallStatus::Forbidden,
+        message: format!("the session's token may not read space {space:?}"),
+        as_of_lsn: 0,
+        more: false,
+        hits: Vec::new(),
+    }
+}
+
+fn count_forbidden() {
+    crate::metrics::metrics()
+        .auth_failures
+        .with_label_values(&["forbidden"])
+        .inc();
 }
 
 pub(super) async fn close_with<S: FrameSink>(

@@ -10,13 +10,14 @@ pub use reader::{run_session, SessionError};
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::protocol::RESUME_TOKEN_BYTES;
+use crate::auth::{Access, Authenticator};
 
 /// The sending half of a session's stream.
 pub trait FrameSink: AsyncWrite + Unpin + Send + 'static {
@@ -44,24 +45,96 @@ impl FrameSink for tokio::io::WriteHalf<tokio::io::DuplexStream> {
     }
 }
 
+/// Sessions open at once, over QUIC and WebSocket together, unless configured.
+pub const SESSIONS_MAX_DEFAULT: usize = 10_000;
+/// How long a new session has to send Hello unless configured.
+pub const HELLO_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Bounds on sessions, against clients that would hold the server's resources.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    pub sessions_max: usize,
+    /// A session that has not sent Hello by then is closed (slow-loris).
+    pub hello_timeout: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> SessionLimits {
+        SessionLimits {
+            sessions_max: SESSIONS_MAX_DEFAULT,
+            hello_timeout: HELLO_TIMEOUT_DEFAULT,
+        }
+    }
+}
+
+/// One open session, counted in `engram_streaming_active_sessions` and against
+/// `sessions_max` while it lives.
+pub(crate) struct OpenSession(Arc<SessionTable>);
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0.open_now.fetch_sub(1, Ordering::AcqRel);
+        crate::metrics::metrics().active_sessions.dec();
+    }
+}
+
 /// Sessions remembered for resumption.
 const RESUMABLE_SESSIONS_MAX: usize = 100_000;
 
 pub(crate) type Token = [u8; RESUME_TOKEN_BYTES];
 
-/// What a resuming client needs: the last sequence number acknowledged in its session.
+/// Who may open a session, and what a resuming client needs: the last sequence number
+/// acknowledged in its session.
 #[derive(Default)]
 pub struct SessionTable {
+    auth: Arc<Authenticator>,
+    limits: SessionLimits,
+    /// Sessions open now, over both transports.
+    open_now: AtomicUsize,
     next_id: AtomicU64,
-    acked: Mutex<HashMap<Token, (u64, u64)>>,
+    /// By resume token: the session's id, its last acked seq, and the name of the grant
+    /// that opened it (a resume must present the same).
+    acked: Mutex<HashMap<Token, (u64, u64, String)>>,
 }
 
 impl SessionTable {
-    pub(crate) fn open(&self, token: Option<Token>) -> Option<(u64, Token, u64)> {
+    /// Sessions authenticated by `auth`, within `limits`.
+    pub fn new(auth: Arc<Authenticator>, limits: SessionLimits) -> SessionTable {
+        SessionTable {
+            auth,
+            limits,
+            ..SessionTable::default()
+        }
+    }
+
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
+    /// Counts a session as open while the guard lives; `None` past `sessions_max`.
+    pub(crate) fn admit(self: &Arc<Self>) -> Option<OpenSession> {
+        let admitted = self
+            .open_now
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limits.sessions_max).then_some(n + 1)
+            })
+            .is_ok();
+        admitted.then(|| {
+            crate::metrics::metrics().active_sessions.inc();
+            OpenSession(self.clone())
+        })
+    }
+
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    /// A new session for `access`, or the one `token` resumes if `access` opened it.
+    pub(crate) fn open(&self, token: Option<Token>, access: &Access) -> Option<(u64, Token, u64)> {
         let mut acked = self.acked.lock().expect("session table lock");
         if let Some(token) = token {
-            let &(id, last) = acked.get(&token)?;
-            return Some((id, token, last));
+            let (id, last, opener) = acked.get(&token)?;
+            return (opener == access.name()).then_some((*id, token, *last));
         }
         if acked.len() >= RESUMABLE_SESSIONS_MAX {
             // Forget an arbitrary old session; its client starts a new one and dedupe
@@ -71,7 +144,7 @@ impl SessionTable {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let token: Token = rand::random();
-        acked.insert(token, (id, 0));
+        acked.insert(token, (id, 0, access.name().to_owned()));
         Some((id, token, 0))
     }
 

@@ -7,7 +7,8 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::acknowledger::{acknowledge, close_with, flow_control, Acknowledger};
 use super::{FrameSink, SessionTable};
-use crate::ingest::{Engine, EngineError, Handled, LoadPermit, Overloaded};
+use crate::auth::Access;
+use crate::ingest::{Engine, EngineError, Handled, LoadPermit, Overloaded, Rejection};
 use crate::transport::framed::{write_frames, FrameReader, StreamError};
 use crate::transport::protocol::{ErrorCode, Frame, ObserveFrame, PROTOCOL_VERSION};
 
@@ -59,23 +60,46 @@ pub async fn run_session<S: FrameSink, R: AsyncRead + Unpin>(
     recv: R,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
-    let _active = ActiveSession::start();
+    let Some(_open) = sessions.admit() else {
+        limit_reached("sessions");
+        let max = sessions.limits().sessions_max;
+        return close_with(
+            &mut send,
+            ErrorCode::LimitReached,
+            format!("the server has {max} sessions open, its limit (sessions_max); retry later"),
+        )
+        .await;
+    };
     let limits = engine.limits().announced();
     let mut reader = FrameReader::new(recv, limits.frame_bytes_max);
-    let hello = match reader.next().await {
-        Ok(Some(frame)) => frame,
-        Ok(None) => return Ok(()),
-        Err(StreamError::Protocol(e)) => {
+    let hello_timeout = sessions.limits().hello_timeout;
+    let hello = match tokio::time::timeout(hello_timeout, reader.next()).await {
+        Err(_) => {
+            limit_reached("hello_timeout");
+            return close_with(
+                &mut send,
+                ErrorCode::LimitReached,
+                format!(
+                    "no Hello within {} ms (hello_timeout)",
+                    hello_timeout.as_millis()
+                ),
+            )
+            .await;
+        }
+        Ok(Ok(Some(frame))) => frame,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(StreamError::Protocol(e))) => {
             return close_with(&mut send, ErrorCode::MalformedFrame, e.to_string()).await
         }
-        Err(e) => return Err(e.into()),
+        Ok(Err(e)) => return Err(e.into()),
     };
-    let token = match hello {
+    let (token, auth_token) = match hello {
         Frame::Hello {
             version,
             resume_token,
+            auth_token,
             ..
-        } if version == PROTOCOL_VERSION => resume_token,
+        } if version == PROTOCOL_VERSION => (resume_token, auth_token),
         Frame::Hello { version, .. } => {
             return close_with(
                 &mut send,
@@ -95,7 +119,18 @@ pub async fn run_session<S: FrameSink, R: AsyncRead + Unpin>(
             .await
         }
     };
-    let Some((session_id, token, last_acked_seq)) = sessions.open(token) else {
+    let access = match sessions.authenticator().authenticate(auth_token.as_deref()) {
+        Ok(access) => access,
+        Err(e) => {
+            crate::metrics::metrics()
+                .auth_failures
+                .with_label_values(&[e.reason()])
+                .inc();
+            tracing::warn!(reason = e.reason(), "a session was refused: {e}");
+            return close_with(&mut send, ErrorCode::Unauthenticated, e.to_string()).await;
+        }
+    };
+    let Some((session_id, token, last_acked_seq)) = sessions.open(token, &access) else {
         return close_with(
             &mut send,
             ErrorCode::UnknownResumeToken,
@@ -131,10 +166,12 @@ pub async fn run_session<S: FrameSink, R: AsyncRead + Unpin>(
             last_acked_seq,
             credits.clone(),
             engine.clone(),
+            access.clone(),
         ),
         work_rx,
     ));
-    let read_result = read_observations(&engine, &mut reader, &work_tx, &mut stop, &credits).await;
+    let read_result =
+        read_observations(&engine, &access, &mut reader, &work_tx, &mut stop, &credits).await;
     if let Err(e) = &read_result {
         let (code, message) = match e {
             SessionError::Stream(StreamError::Protocol(p)) => {
@@ -157,6 +194,7 @@ pub async fn run_session<S: FrameSink, R: AsyncRead + Unpin>(
 /// so a session never holds more than its credits.
 async fn read_observations(
     engine: &Arc<Engine>,
+    access: &Access,
     reader: &mut FrameReader<impl AsyncRead + Unpin>,
     work: &mpsc::Sender<Work>,
     stop: &mut watch::Receiver<bool>,
@@ -196,6 +234,14 @@ async fn read_observations(
         let mut next = first;
         loop {
             match next {
+                Some(Frame::Observe(obs)) if !access.may_write(&obs.observation.space) => {
+                    // Refused alone, in its place among the session's acks.
+                    if !dispatch(engine, work, &mut batch, held.take()).await
+                        || !refuse_forbidden(work, obs).await
+                    {
+                        return Ok(());
+                    }
+                }
                 Some(Frame::Observe(obs)) => {
                     let cost = (obs.encoded_len() as u64).min(credits_max as u64) as u32;
                     let permit = match credits.clone().try_acquire_many_owned(cost) {
@@ -314,18 +360,31 @@ async fn dispatch(
     .is_ok()
 }
 
-/// Counts a session in `engram_streaming_active_sessions` while it lives.
-struct ActiveSession;
-
-impl ActiveSession {
-    fn start() -> ActiveSession {
-        crate::metrics::metrics().active_sessions.inc();
-        ActiveSession
-    }
+/// Hands the acknowledger a Reject for an observation to a space the session's token
+/// may not write. False if the acknowledger is gone.
+async fn refuse_forbidden(work: &mpsc::Sender<Work>, obs: ObserveFrame) -> bool {
+    crate::metrics::metrics()
+        .auth_failures
+        .with_label_values(&["forbidden"])
+        .inc();
+    let rejection = Rejection::forbidden(&obs.observation.space);
+    work.send(Work::Batch {
+        last_seq: obs.seq,
+        seqs: vec![obs.seq],
+        outcome: BatchOutcome::Done(Ok(vec![Handled::Rejected(rejection)])),
+        _credits: None,
+        _queued: None,
+        overloaded: None,
+        received: std::time::Instant::now(),
+    })
+    .await
+    .is_ok()
 }
 
-impl Drop for ActiveSession {
-    fn drop(&mut self) {
-        crate::metrics::metrics().active_sessions.dec();
-    }
+/// Counts a session refused by a limit.
+fn limit_reached(limit: &str) {
+    crate::metrics::metrics()
+        .limit_hits
+        .with_label_values(&[limit])
+        .inc();
 }

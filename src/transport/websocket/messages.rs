@@ -25,6 +25,8 @@ pub enum ClientMessage {
         /// server's bound in init_ack.
         buffer_size: Option<u32>,
         client_name: Option<String>,
+        /// The auth file's token, unless the upgrade request carried it as a bearer.
+        token: Option<String>,
     },
     Observation {
         seq: u64,
@@ -200,6 +202,8 @@ pub enum MessageError {
     Misplaced(&'static str),
     #[error("the first message must be init")]
     NotInit,
+    #[error("token: expected at most {max} bytes, got {0}", max = crate::auth::TOKEN_BYTES_MAX)]
+    TokenLength(usize),
     #[error("episode.when: expected Unix milliseconds within ±292 years of 1970, got {0}")]
     When(f64),
 }
@@ -210,7 +214,9 @@ impl MessageError {
         let code = match self {
             MessageError::Json(e) if e.is_syntax() || e.is_eof() => "malformed_json",
             MessageError::Json(_) => "invalid_message",
-            MessageError::ResumeToken { .. } | MessageError::When(_) => "invalid_message",
+            MessageError::ResumeToken { .. }
+            | MessageError::When(_)
+            | MessageError::TokenLength(_) => "invalid_message",
             MessageError::AsOfWithoutLsn | MessageError::RecallQuery => "invalid_message",
             MessageError::Misplaced(_) | MessageError::NotInit => "unexpected_message",
         };
@@ -231,12 +237,19 @@ impl MessageError {
 pub fn hello(
     resume_token: Option<&str>,
     client_name: Option<String>,
+    auth_token: Option<String>,
 ) -> Result<Frame, MessageError> {
     let resume_token = resume_token.map(parse_token).transpose()?;
+    if let Some(token) = &auth_token {
+        if token.len() > crate::auth::TOKEN_BYTES_MAX {
+            return Err(MessageError::TokenLength(token.len()));
+        }
+    }
     Ok(Frame::Hello {
         version: PROTOCOL_VERSION,
         client_name: client_name.unwrap_or_else(|| "websocket".into()),
         resume_token,
+        auth_token,
     })
 }
 
@@ -355,6 +368,7 @@ fn recall_status_name(status: RecallStatus) -> &'static str {
         RecallStatus::FutureLsn => "future_lsn",
         RecallStatus::Failed => "failed",
         RecallStatus::UnknownId => "unknown_id",
+        RecallStatus::Forbidden => "forbidden",
     }
 }
 
@@ -366,6 +380,9 @@ fn error_code_name(code: u16) -> String {
         (ErrorCode::UnknownResumeToken, "unknown_resume_token"),
         (ErrorCode::ShuttingDown, "shutting_down"),
         (ErrorCode::StorageFailed, "storage_failed"),
+        (ErrorCode::Unauthenticated, "unauthenticated"),
+        (ErrorCode::Forbidden, "forbidden"),
+        (ErrorCode::LimitReached, "limit_reached"),
     ]
     .into_iter()
     .find(|(c, _)| *c as u16 == code)
@@ -533,13 +550,14 @@ mod tests {
     #[test]
     fn resume_tokens_round_trip_as_hex_and_bad_ones_are_refused() {
         let token = [0xab; RESUME_TOKEN_BYTES];
-        let Frame::Hello { resume_token, .. } = hello(Some(&token_hex(&token)), None).unwrap()
+        let Frame::Hello { resume_token, .. } =
+            hello(Some(&token_hex(&token)), None, None).unwrap()
         else {
             panic!("a Hello")
         };
         assert_eq!(resume_token, Some(token));
         assert!(matches!(
-            hello(Some("zz"), None),
+            hello(Some("zz"), None, None),
             Err(MessageError::ResumeToken { .. })
         ));
     }

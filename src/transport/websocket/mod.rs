@@ -34,8 +34,6 @@ const PIPE_BYTES: usize = 256 << 10;
 const NOTES_MAX: usize = 64;
 /// The heartbeat interval unless configured.
 pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(30);
-/// How long a new socket has to send init before it is closed.
-const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Observations a client may keep unacknowledged, at most, whatever init asks.
 pub const BUFFER_SIZE_MAX: u32 = 65_536;
 
@@ -78,11 +76,17 @@ impl Gateway {
     }
 
     /// Runs one WebSocket session to its end.
-    pub async fn serve(self, socket: WebSocket, engine: Arc<Engine>) {
+    /// `bearer`: the upgrade request's `Authorization: Bearer` token, used unless init
+    /// carries one.
+    pub async fn serve(self, socket: WebSocket, engine: Arc<Engine>, bearer: Option<String>) {
         let _active = Active::count(&self.active);
         let (mut sink, mut stream) = socket.split();
         // A socket that never says init does not hold its connection for ever.
-        let init = tokio::time::timeout(INIT_TIMEOUT, wait_init(&mut sink, &mut stream)).await;
+        let init = tokio::time::timeout(
+            self.sessions.limits().hello_timeout,
+            wait_init(&mut sink, &mut stream, bearer.as_deref()),
+        )
+        .await;
         if let Ok(Some(init)) = init {
             self.run(init, sink, stream, engine).await;
         }
@@ -174,7 +178,7 @@ fn seq_hint(text: &str) -> Option<u64> {
 
 /// Reads until an init arrives, answering anything else with an error; None if the
 /// socket closes first.
-async fn wait_init(sink: &mut Sink, stream: &mut Stream) -> Option<Init> {
+async fn wait_init(sink: &mut Sink, stream: &mut Stream, bearer: Option<&str>) -> Option<Init> {
     while let Some(Ok(message)) = stream.next().await {
         let text = match message {
             Message::Text(text) => text,
@@ -194,7 +198,13 @@ async fn wait_init(sink: &mut Sink, stream: &mut Stream) -> Option<Init> {
                 resume_token,
                 buffer_size,
                 client_name,
-            }) => hello(resume_token.as_deref(), client_name).map(|hello| Init {
+                token,
+            }) => hello(
+                resume_token.as_deref(),
+                client_name,
+                token.or_else(|| bearer.map(str::to_owned)),
+            )
+            .map(|hello| Init {
                 space,
                 hello,
                 buffer_size: buffer_size
