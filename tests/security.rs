@@ -316,3 +316,101 @@ async fn connections_past_the_limit_are_refused() {
         "{metrics}"
     );
 }
+
+/// The WebSocket gateway's messages until (and with) the first that is not a flow state
+/// or heartbeat.
+async fn ws_next(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> serde_json::Value {
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(60), socket.next())
+            .await
+            .expect("a message before the deadline")
+            .expect("the socket is open")
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if !matches!(value["type"].as_str(), Some("flow_control" | "heartbeat")) {
+                return value;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_sessions_present_their_token_in_init_or_as_a_bearer() {
+    use futures_util::SinkExt;
+    use serde_json::json;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let data = tempfile::tempdir().unwrap();
+    let tokens = auth_file(data.path());
+    let server = Server::start(data.path(), &["--auth-file", tokens.to_str().unwrap()]);
+    let url = format!("ws://{}/v1/stream", server.http_addr);
+    let connect = |bearer: Option<&str>| {
+        let mut request = url.as_str().into_client_request().unwrap();
+        if let Some(token) = bearer {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(request)
+    };
+    let observation = |seq: u64, id: &str| {
+        json!({"type": "observation", "seq": seq, "episode": {
+            "id": id, "when": 1.7e12, "what": "w", "embedding": obs("alpha", seq).embedding,
+            "confidence": 0.5}})
+    };
+    let send = |message: serde_json::Value| Message::Text(message.to_string().into());
+
+    // No token: a fatal unauthenticated error.
+    let (mut socket, _) = connect(None).await.unwrap();
+    socket
+        .send(send(json!({"type": "init", "space": "alpha"})))
+        .await
+        .unwrap();
+    let refused = ws_next(&mut socket).await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["fatal"].as_bool()),
+        (Some("unauthenticated"), Some(true)),
+        "{refused}"
+    );
+
+    // The writer's token as a bearer header: its writes are acknowledged.
+    let (mut socket, _) = connect(Some(WRITER)).await.unwrap();
+    socket
+        .send(send(json!({"type": "init", "space": "alpha"})))
+        .await
+        .unwrap();
+    assert_eq!(ws_next(&mut socket).await["type"], "init_ack");
+    socket.send(send(observation(1, "ws-1"))).await.unwrap();
+    let acked = ws_next(&mut socket).await;
+    assert_eq!(
+        (acked["type"].as_str(), acked["seq"].as_u64()),
+        (Some("ack"), Some(1))
+    );
+
+    // The reader's token in init: let in, but its write is refused as forbidden.
+    let (mut socket, _) = connect(None).await.unwrap();
+    socket
+        .send(send(
+            json!({"type": "init", "space": "alpha", "token": READER}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ws_next(&mut socket).await["type"], "init_ack");
+    socket.send(send(observation(1, "ws-2"))).await.unwrap();
+    let refused = ws_next(&mut socket).await;
+    assert_eq!(
+        (
+            refused["code"].as_str(),
+            refused["seq"].as_u64(),
+            refused["field"].as_str()
+        ),
+        (Some("forbidden"), Some(1), Some("space")),
+        "{refused}"
+    );
+}

@@ -40,6 +40,8 @@ export interface ClientOptions {
    * messages, about three times the rate of "json", which is for debugging by eye.
    */
   encoding?: "binary" | "json";
+  /** The token of a server with an auth file (sent in init). */
+  token?: string;
 }
 
 export interface RecallQuery {
@@ -302,6 +304,7 @@ export class EngramStream {
           client_name: this.options.clientName ?? "engram-typescript",
         };
         if (this.token) init.resume_token = this.token;
+        if (this.options.token) init.token = this.options.token;
         socket.send(JSON.stringify(init));
       });
       socket.addEventListener("message", (event) => {

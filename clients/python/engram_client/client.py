@@ -79,6 +79,8 @@ class Options:
     # A handshake with a server that is down waits this long, not the idle timeout.
     connect_timeout: float = 5.0
     idle_timeout: float = 10.0
+    # The token of a server with an auth file.
+    auth_token: Optional[str] = None
 
     def configuration(self) -> QuicConfiguration:
         config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN],
@@ -124,7 +126,7 @@ class Session:
             raise
         try:
             reader, session._writer = await session._protocol.create_stream()
-            session._writer.write(p.hello(options.client_name, resume_token))
+            session._writer.write(p.hello(options.client_name, resume_token, options.auth_token))
             first = await _read_frame(reader)
             if isinstance(first, p.Error):
                 raise ServerError(first)

@@ -25,16 +25,18 @@ REJECT_CODES = {
     1: "invalid_space", 2: "invalid_id", 3: "dimension_mismatch", 4: "non_finite_embedding",
     5: "what_too_long", 6: "confidence_out_of_range", 7: "dimension_too_large",
     8: "overloaded", 9: "storage_full", 10: "empty_embedding", 11: "too_many_spaces",
+    12: "forbidden",
 }
 RETRYABLE_REJECTS = {8, 9}
 ERROR_CODES = {
     1: "unsupported_version", 2: "malformed_frame", 3: "unexpected_frame",
     4: "unknown_resume_token", 5: "shutting_down", 6: "storage_failed",
+    7: "unauthenticated", 8: "forbidden", 9: "limit_reached",
 }
 UNKNOWN_RESUME_TOKEN = 4
 RECALL_STATUS = {
     0: "ok", 1: "unknown_space", 2: "dimension_mismatch", 3: "invalid_query",
-    4: "future_lsn", 5: "failed", 6: "unknown_id",
+    4: "future_lsn", 5: "failed", 6: "unknown_id", 7: "forbidden",
 }
 CONSISTENCY = {"read_your_writes": 0, "as_of": 1, "eventual": 2}
 
@@ -174,13 +176,17 @@ def _floats(values: Sequence[float]) -> bytes:
     return struct.pack(f"<I{len(values)}f", len(values), *values)
 
 
-def hello(client_name: str, resume_token: Optional[bytes]) -> bytes:
+def hello(client_name: str, resume_token: Optional[bytes],
+          auth_token: Optional[str] = None) -> bytes:
+    """Hello; flags bit 0: a resume token follows, bit 1: an auth token (str8) follows."""
     body = struct.pack("<H", PROTOCOL_VERSION) + _str("<B", client_name)
-    if resume_token is None:
-        body += b"\x00"
-    else:
+    flags = (1 if resume_token is not None else 0) | (2 if auth_token is not None else 0)
+    body += bytes([flags])
+    if resume_token is not None:
         assert len(resume_token) == RESUME_TOKEN_BYTES
-        body += b"\x01" + resume_token
+        body += resume_token
+    if auth_token is not None:
+        body += _str("<B", auth_token)
     return _frame(HELLO, body)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engram_client import Observation, ObservationStream, Options, Session
+from engram_client import Observation, ObservationStream, Options, ServerError, Session
 
 ROOT = Path(__file__).resolve().parents[3]
 DIM = 8
@@ -31,8 +31,9 @@ def observation(space: str, n: int) -> Observation:
 class Server:
     """`engram serve` on loopback; restartable on the same ports."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, extra: tuple[str, ...] = ()):
         self.data_dir = data_dir
+        self.extra = list(extra)
         self.binary = os.environ.get("ENGRAM_BIN", str(ROOT / "target/debug/engram"))
         self.quic, self.http = "127.0.0.1:0", "127.0.0.1:0"
         self.process: subprocess.Popen | None = None
@@ -40,7 +41,7 @@ class Server:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [self.binary, "serve", "--data-dir", str(self.data_dir), "--quic-addr", self.quic,
-             "--http-addr", self.http],
+             "--http-addr", self.http, *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "RUST_LOG": "info"})
         seen = []
@@ -160,3 +161,33 @@ async def test_a_sigkilled_server_restarted_mid_stream_loses_nothing_acknowledge
     assert all(found), "nothing acknowledged is lost"
     assert count == 2000, "nothing is stored twice"
     await stream.close()
+
+
+async def test_a_token_is_presented_in_hello_and_confines_the_session(tmp_path):
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text('''
+[[token]]
+name = "py"
+token = "python-token-0123456789"
+spaces = ["py-*"]
+rights = ["read", "write"]
+''')
+    server = Server(tmp_path / "data", ("--auth-file", str(tokens)))
+    server.start()
+    try:
+        with pytest.raises(ServerError) as refused:
+            await Session.connect(server.options())
+        assert refused.value.code == 7  # Unauthenticated
+
+        options = server.options()
+        options.auth_token = "python-token-0123456789"
+        stream = await ObservationStream.connect(options)
+        await stream.send(observation("py-mine", 1))
+        await stream.send(observation("elsewhere", 2))
+        await stream.flush()
+        assert [(o.space, o.id) for o in stream.take_acked()] == [("py-mine", "py1")]
+        assert [(r.observation.id, r.name) for r in stream.take_refused()] == [
+            ("py2", "forbidden")]
+        await stream.close()
+    finally:
+        server.stop()
