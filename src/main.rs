@@ -172,6 +172,12 @@ struct ServeArgs {
     /// Milliseconds a new session has to send Hello before it is closed.
     #[arg(long, env = "ENGRAM_HELLO_TIMEOUT_MS", default_value_t = engram::transport::session::HELLO_TIMEOUT_DEFAULT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
     hello_timeout_ms: u64,
+    /// A certificate (DER or PEM) for TLS on --http-addr: https and wss.
+    #[arg(long, env = "ENGRAM_HTTP_TLS_CERT", requires = "http_tls_key")]
+    http_tls_cert: Option<PathBuf>,
+    /// The key of --http-tls-cert (DER PKCS#8 or PEM).
+    #[arg(long, env = "ENGRAM_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    http_tls_key: Option<PathBuf>,
     /// Serve GET /metrics here (and no longer on --http-addr), without a token: an
     /// address kept to the monitoring network.
     #[arg(long, env = "ENGRAM_METRICS_ADDR")]
@@ -260,6 +266,8 @@ struct ConfigFile {
     hello_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     metrics_addr: Option<std::net::SocketAddr>,
+    http_tls_cert: Option<PathBuf>,
+    http_tls_key: Option<PathBuf>,
 }
 
 /// Fills every setting that came from neither the command line nor the environment from
@@ -318,6 +326,8 @@ fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyhow::
     fill!(hello_timeout_ms, anyhow::Ok);
     fill!(idle_timeout_ms, anyhow::Ok);
     fill!(metrics_addr, |v| anyhow::Ok(Some(v)));
+    fill!(http_tls_cert, |v| anyhow::Ok(Some(v)));
+    fill!(http_tls_key, |v| anyhow::Ok(Some(v)));
     fill!(wal_recovery_mode, |v: String| {
         <RecoveryModeArg as clap::ValueEnum>::from_str(&v.replace('_', "-"), false)
             .map_err(|e| anyhow::anyhow!("wal_recovery_mode in {}: {e}", path.display()))
@@ -388,11 +398,32 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
-    runtime.spawn(async move {
-        if let Err(e) = axum::serve(http, router).await {
-            tracing::error!(error = %e, "the HTTP server stopped");
+    match (&args.http_tls_cert, &args.http_tls_key) {
+        (Some(cert), Some(key)) => {
+            let config = ServerIdentity::from_files(cert, key)?.https_server_config()?;
+            let listener = {
+                let _entered = runtime.enter();
+                engram::transport::https::TlsListener::new(
+                    http,
+                    config,
+                    Duration::from_millis(args.hello_timeout_ms),
+                )?
+            };
+            tracing::info!(cert = %cert.display(), "HTTP and WebSocket are served over TLS (https, wss)");
+            runtime.spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "the HTTPS server stopped");
+                }
+            });
         }
-    });
+        _ => {
+            runtime.spawn(async move {
+                if let Err(e) = axum::serve(http, router).await {
+                    tracing::error!(error = %e, "the HTTP server stopped");
+                }
+            });
+        }
+    }
     anyhow::ensure!(
         (1..=1024).contains(&args.index_workers)
             && (2..=256).contains(&args.hnsw_m)

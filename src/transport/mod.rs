@@ -4,6 +4,7 @@
 pub mod endpoint;
 pub mod framed;
 pub mod http;
+pub mod https;
 pub mod protocol;
 pub mod quic;
 pub mod session;

@@ -126,6 +126,22 @@ impl ServerIdentity {
     }
 }
 
+impl ServerIdentity {
+    /// For HTTPS and WSS on the HTTP address (TLS 1.2 and 1.3, ALPN http/1.1).
+    pub fn https_server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(self.chain.clone(), self.key.clone_key())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
 /// A client configuration that trusts exactly `cert_der` (the server's certificate).
 pub fn quic_client_config(cert_der: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();

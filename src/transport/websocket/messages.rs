@@ -293,7 +293,27 @@ fn unix_ms(ns: i64) -> f64 {
 }
 
 /// The frame for a message after init; `space` is the session's.
-pub fn to_frame(message: ClientMessage, space: &str) -> Result<Frame, MessageError> {
+/// What a text message asks of the gateway.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A frame for the session.
+    Frame(Frame),
+    /// Pause (true) or resume (false) the messages to the client.
+    Pause(bool),
+    Heartbeat,
+}
+
+/// Decodes one text message of a session in `space`: everything a socket sends after
+/// init goes through here.
+pub fn decode_text(text: &str, space: &str) -> Result<Inbound, MessageError> {
+    Ok(match parse(text)? {
+        ClientMessage::FlowControl { action } => Inbound::Pause(action == FlowAction::Pause),
+        ClientMessage::Heartbeat {} => Inbound::Heartbeat,
+        message => Inbound::Frame(to_frame(message, space)?),
+    })
+}
+
+fn to_frame(message: ClientMessage, space: &str) -> Result<Frame, MessageError> {
     Ok(match message {
         ClientMessage::Init { .. } => return Err(MessageError::Misplaced("init")),
         ClientMessage::Observation { seq, episode } => {
@@ -343,9 +363,9 @@ pub fn to_frame(message: ClientMessage, space: &str) -> Result<Frame, MessageErr
             }
         }
         ClientMessage::Close { last_seq } => Frame::ClientGoodbye { last_seq },
-        // Handled by the gateway itself.
+        // `decode_text` answers these itself.
         ClientMessage::FlowControl { .. } | ClientMessage::Heartbeat {} => {
-            unreachable!("the gateway answers flow_control and heartbeat itself")
+            unreachable!("decode_text handles flow_control and heartbeat")
         }
     })
 }

@@ -21,7 +21,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, DuplexStream, WriteHalf};
 use tokio::sync::{mpsc, watch};
 
-use self::messages::{hello, to_frame, ClientMessage, FlowAction, MessageError, ServerMessage};
+use self::messages::{hello, ClientMessage, Inbound, MessageError, ServerMessage};
 use super::framed::{write_frames, FrameReader};
 use super::protocol::Frame;
 use super::session::{run_session, SessionTable};
@@ -347,17 +347,13 @@ fn step(
         Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Step::End,
         Some(Ok(_)) => return Step::Skip,
     };
-    let frame = match messages::parse(&text) {
-        Ok(ClientMessage::FlowControl { action }) => {
-            paused.send_replace(action == FlowAction::Pause);
-            return Step::Skip;
+    match messages::decode_text(&text, space) {
+        Ok(Inbound::Frame(frame)) => Step::Frame(frame),
+        Ok(Inbound::Pause(pause)) => {
+            paused.send_replace(pause);
+            Step::Skip
         }
-        Ok(ClientMessage::Heartbeat {}) => return Step::Skip,
-        Ok(message) => to_frame(message, space),
-        Err(e) => Err(e.into()),
-    };
-    match frame {
-        Ok(frame) => Step::Frame(frame),
+        Ok(Inbound::Heartbeat) => Step::Skip,
         Err(e) => Step::Note(e.to_message(seq_hint(&text))),
     }
 }
