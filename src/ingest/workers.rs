@@ -240,29 +240,34 @@ impl Worker {
             };
             let started = std::time::Instant::now();
             let outcome = catch_unwind(AssertUnwindSafe(|| self.index(&batch)));
-            match outcome {
-                Ok(Ok(inserted)) => {
-                    // A due checkpoint is written before the indexed LSN moves: whoever
-                    // sees the LSN pass also finds the checkpoint on disk.
-                    let covered = self.cursor.next_lsn().prev();
-                    self.schedule
-                        .after_batch(self.worker, &self.indexes, inserted, covered);
-                    self.progress().advance(&self.cursor);
-                    self.progress().add_busy(started.elapsed());
-                    self.lag.publish();
-                    self.caught_up(inserted);
+            let inserted = match outcome {
+                Ok(Ok(inserted)) => inserted,
+                Ok(Err(e)) => {
+                    self.restart(&e.to_string());
+                    continue;
                 }
-                Ok(Err(e)) => self.restart(&e.to_string()),
                 Err(panic) => {
-                    let message = panic
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or_else(|| panic.downcast_ref::<&str>().copied())
-                        .unwrap_or("(no message)")
-                        .to_owned();
-                    self.restart(&message);
+                    self.restart(&panic_message(panic.as_ref()));
+                    continue;
                 }
+            };
+            // A due checkpoint is written before the indexed LSN moves: whoever sees the
+            // LSN pass also finds the checkpoint on disk. A panic there is caught too: a
+            // worker thread that died would hold the indexed LSN, and with it ingest
+            // (the index lag), for good.
+            let covered = self.cursor.next_lsn().prev();
+            let (worker, indexes, schedule) = (self.worker, &self.indexes, &mut self.schedule);
+            let checkpointed = catch_unwind(AssertUnwindSafe(|| {
+                schedule.after_batch(worker, indexes, inserted, covered)
+            }));
+            if let Err(panic) = checkpointed {
+                self.restart(&panic_message(panic.as_ref()));
+                continue;
             }
+            self.progress().advance(&self.cursor);
+            self.progress().add_busy(started.elapsed());
+            self.lag.publish();
+            self.caught_up(inserted);
         }
     }
 
@@ -396,6 +401,15 @@ impl Worker {
         }
         Ok(inserts.len() as u64)
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)")
+        .to_owned()
 }
 
 fn bad(record: &Record, kind: &'static str, e: impl std::fmt::Display) -> BatchError {
