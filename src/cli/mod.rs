@@ -5,6 +5,7 @@ pub mod check;
 pub mod create_space;
 pub mod observe;
 pub mod recall;
+pub mod serve_config;
 pub mod spaces;
 
 use std::path::PathBuf;
