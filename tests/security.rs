@@ -464,3 +464,90 @@ async fn the_http_address_serves_tls_when_given_a_certificate() {
     let plain = common::server::http_get(server.http_addr, "/health");
     assert!(plain.is_none(), "{plain:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversize_frames_of_every_type_are_answered_and_others_are_served() {
+    use engram::transport::protocol::{FrameType, FRAME_BYTES_MAX_DEFAULT};
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let mut hello = Vec::new();
+    Frame::Hello {
+        version: 1,
+        client_name: "hostile".into(),
+        resume_token: None,
+        auth_token: None,
+    }
+    .encode(&mut hello);
+    let raw = |kind: u8, body: &[u8]| {
+        let mut bytes = ((1 + body.len()) as u32).to_le_bytes().to_vec();
+        bytes.push(kind);
+        bytes.extend_from_slice(body);
+        bytes
+    };
+    let last_error = |frames: Vec<Frame>| match frames.last() {
+        Some(Frame::Error { code, message }) => (*code, message.clone()),
+        other => panic!("expected an Error frame, got {other:?}"),
+    };
+    for code in 0..=u8::MAX {
+        let Some(kind) = FrameType::from_u8(code) else {
+            continue;
+        };
+        // A body cut short inside its first field, after a valid Hello (and as the first
+        // frame, for Hello itself).
+        let cut = raw(code, &[0x07]);
+        let bytes = if kind == FrameType::Hello {
+            cut
+        } else {
+            [hello.clone(), cut].concat()
+        };
+        let (error, message) = last_error(server.raw_exchange(&bytes).await);
+        assert_eq!(
+            error,
+            ErrorCode::MalformedFrame as u16,
+            "{kind:?}: {message}"
+        );
+        // Its length field past the limit: refused before the body is read.
+        let mut oversize = hello.clone();
+        oversize.extend_from_slice(&(FRAME_BYTES_MAX_DEFAULT + 1).to_le_bytes());
+        oversize.push(code);
+        let (error, message) = last_error(server.raw_exchange(&oversize).await);
+        assert_eq!(
+            error,
+            ErrorCode::MalformedFrame as u16,
+            "{kind:?}: {message}"
+        );
+        assert!(message.contains("frame length"), "{kind:?}: {message}");
+    }
+    // Every frame type a client must not send, well formed, after Hello.
+    for frame in [
+        Frame::Ack { seq: 1, lsn: 1 },
+        Frame::ServerGoodbye { last_acked_seq: 0 },
+        Frame::Error {
+            code: 1,
+            message: "x".into(),
+        },
+        Frame::CheckResult {
+            request_id: 1,
+            found: vec![true],
+        },
+    ] {
+        let mut bytes = hello.clone();
+        frame.encode(&mut bytes);
+        let (error, message) = last_error(server.raw_exchange(&bytes).await);
+        assert_eq!(
+            error,
+            ErrorCode::UnexpectedFrame as u16,
+            "{frame:?}: {message}"
+        );
+    }
+
+    // The server still serves, and stored nothing of all that.
+    let mut session = Session::connect(&server.options("after"), None)
+        .await
+        .unwrap();
+    let seq = session.send(&obs("v", 0)).await.unwrap();
+    assert!(session.wait_acked(seq).await.unwrap().rejected.is_empty());
+    session.goodbye().await.unwrap();
+    assert!(server.terminate().success());
+    assert_eq!(common::stored(data.path()).len(), 1);
+}

@@ -62,30 +62,6 @@ async fn ten_thousand_observations_from_four_connections_are_acked_and_stored_on
     }
 }
 
-/// Sends raw bytes on a fresh session stream and returns every frame the server answers
-/// until it closes the stream.
-async fn raw_exchange(server: &Server, bytes: &[u8]) -> Vec<engram::transport::protocol::Frame> {
-    use engram::transport::framed::FrameReader;
-    let options = server.options("raw");
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(
-        engram::transport::tls::quic_client_config(&options.cert_der).unwrap(),
-    );
-    let conn = endpoint
-        .connect(options.addr, "localhost")
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut send, recv) = conn.open_bi().await.unwrap();
-    send.write_all(bytes).await.unwrap();
-    let mut reader = FrameReader::new(recv, 1 << 20);
-    let mut frames = Vec::new();
-    while let Ok(Some(frame)) = reader.next().await {
-        frames.push(frame);
-    }
-    frames
-}
-
 fn hello(version: u16) -> Vec<u8> {
     let mut out = Vec::new();
     engram::transport::protocol::Frame::Hello {
@@ -194,13 +170,13 @@ async fn each_bad_input_gets_its_typed_answer_and_the_server_keeps_serving() {
         other => panic!("expected an Error frame, got {other:?}"),
     };
     assert_eq!(
-        error_code(&raw_exchange(&server, &hello(2)).await),
+        error_code(&server.raw_exchange(&hello(2)).await),
         ErrorCode::UnsupportedVersion as u16
     );
     let mut garbage = hello(1);
     garbage.extend_from_slice(&[0x05, 0x00, 0x00, 0x00, 0x99, 1, 2, 3, 4]);
     assert_eq!(
-        error_code(&raw_exchange(&server, &garbage).await),
+        error_code(&server.raw_exchange(&garbage).await),
         ErrorCode::MalformedFrame as u16,
         "unknown frame type"
     );
@@ -208,7 +184,7 @@ async fn each_bad_input_gets_its_typed_answer_and_the_server_keeps_serving() {
     oversize.extend_from_slice(&(64u32 << 20).to_le_bytes());
     oversize.push(0x02);
     assert_eq!(
-        error_code(&raw_exchange(&server, &oversize).await),
+        error_code(&server.raw_exchange(&oversize).await),
         ErrorCode::MalformedFrame as u16,
         "oversize frame"
     );
@@ -226,12 +202,12 @@ async fn each_bad_input_gets_its_typed_answer_and_the_server_keeps_serving() {
         &mut observe_first,
     );
     assert_eq!(
-        error_code(&raw_exchange(&server, &observe_first).await),
+        error_code(&server.raw_exchange(&observe_first).await),
         ErrorCode::UnexpectedFrame as u16
     );
     let pure_garbage: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8).collect();
     assert_eq!(
-        error_code(&raw_exchange(&server, &pure_garbage).await),
+        error_code(&server.raw_exchange(&pure_garbage).await),
         ErrorCode::MalformedFrame as u16,
         "garbage"
     );

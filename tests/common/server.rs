@@ -89,6 +89,30 @@ impl Server {
         ClientOptions::new(self.addr, cert, client_name)
     }
 
+    /// Sends raw bytes on a fresh session stream and returns every frame the server
+    /// answers until it closes the stream.
+    pub async fn raw_exchange(&self, bytes: &[u8]) -> Vec<engram::transport::protocol::Frame> {
+        use engram::transport::framed::FrameReader;
+        let options = self.options("raw");
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(
+            engram::transport::tls::quic_client_config(&options.cert_der).unwrap(),
+        );
+        let conn = endpoint
+            .connect(options.addr, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(bytes).await.unwrap();
+        let mut reader = FrameReader::new(recv, 1 << 20);
+        let mut frames = Vec::new();
+        while let Ok(Some(frame)) = reader.next().await {
+            frames.push(frame);
+        }
+        frames
+    }
+
     /// SIGKILL: no shutdown, no last sync.
     pub fn kill9(&mut self) {
         let pid = self.child.id().to_string();
