@@ -1,5 +1,6 @@
-"""hnswlib (C++, from PyPI) on the same data and parameters as benches/index_candidates.rs:
-build rate with 2 threads, single-thread query rate, recall@10. Prints one JSON line."""
+"""hnswlib and faiss (C++, from PyPI) on the same data and parameters as
+benches/index_candidates.rs: build rate with 2 threads, single-thread query rate,
+recall@10. Prints one JSON line per library (faiss only if faiss-cpu is installed)."""
 import json
 import os
 import sys
@@ -33,3 +34,28 @@ print(json.dumps({
     "search_qps_1_thread": round(len(queries) / search_s),
     "recall_at_10": hits / (len(queries) * K),
 }))
+
+try:
+    import faiss
+except ImportError:
+    faiss = None
+if faiss is not None:
+    index = faiss.IndexHNSWFlat(DIM, M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = EF_CONSTRUCTION
+    faiss.omp_set_num_threads(THREADS)
+    started = time.perf_counter()
+    index.add(base)
+    build_s = time.perf_counter() - started
+    index.hnsw.efSearch = EF_SEARCH
+    faiss.omp_set_num_threads(1)
+    started = time.perf_counter()
+    found = [index.search(q.reshape(1, -1), K)[1][0] for q in queries]
+    search_s = time.perf_counter() - started
+    hits = sum(len(set(int(x) for x in f) & set(t)) for f, t in zip(found, truth))
+    print(json.dumps({
+        "library": f"faiss {faiss.__version__} (IndexHNSWFlat, inner product, from PyPI)",
+        "points": len(base),
+        "build_points_per_s": round(len(base) / build_s),
+        "search_qps_1_thread": round(len(queries) / search_s),
+        "recall_at_10": hits / (len(queries) * K),
+    }))

@@ -21,9 +21,15 @@ use engram::wal::{wal_dir, Entry, Preallocation, RecordKind, Wal, WalConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+#[cfg(feature = "peers")]
+mod peers;
 mod raw;
 mod recall;
 mod websocket;
+
+/// Requests each connection keeps in flight to a peer (targets redis and nats) unless
+/// --window says otherwise.
+pub const PEER_WINDOW_DEFAULT: usize = 100;
 
 /// glibc's allocator showed as a tenth of the QUIC path's CPU (malloc, free, consolidation
 /// across threads); mimalloc's thread-local pages cost less for many small short-lived
@@ -48,9 +54,13 @@ struct Args {
     /// The server's HTTP address, where the WebSocket gateway listens (target ws).
     #[arg(long, default_value = "127.0.0.1:7480")]
     http_addr: std::net::SocketAddr,
-    /// Observations each WebSocket connection keeps unacknowledged at most (target ws).
-    #[arg(long, default_value_t = 1024)]
-    window: usize,
+    /// Observations each connection keeps unacknowledged at most: target ws (default
+    /// 1024), redis and nats (default 100), quic (default: the client's bound, 4096).
+    #[arg(long)]
+    window: Option<usize>,
+    /// The peer's address (targets redis and nats).
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    peer_addr: std::net::SocketAddr,
     /// Send each observation as its engram/1 Observe frame in a binary message instead of
     /// JSON (target ws).
     #[arg(long)]
@@ -161,6 +171,12 @@ enum Target {
     /// JSON over the WebSocket gateway at --http-addr, --window unacknowledged per
     /// connection.
     Ws,
+    /// A peer for comparison: XADD to Redis at --peer-addr (run it with `appendonly yes`,
+    /// `appendfsync always`), --window in flight per connection. Needs `--features peers`.
+    Redis,
+    /// A peer for comparison: JetStream publishes with acks to NATS at --peer-addr
+    /// (file storage), --window in flight per connection. Needs `--features peers`.
+    Nats,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -201,6 +217,14 @@ fn main() -> anyhow::Result<()> {
         Target::RawQuic => raw::run(&args)?,
         Target::Recall => recall::run(&args)?,
         Target::Ws => websocket::run(&args)?,
+        #[cfg(feature = "peers")]
+        Target::Redis => peers::run_redis(&args)?,
+        #[cfg(feature = "peers")]
+        Target::Nats => peers::run_nats(&args)?,
+        #[cfg(not(feature = "peers"))]
+        Target::Redis | Target::Nats => anyhow::bail!(
+            "engram-load was built without the peer clients: cargo build --release --features peers"
+        ),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -413,10 +437,14 @@ fn run_quic(args: &Args) -> anyhow::Result<Report> {
                 );
                 let interval = (args.rate > 0)
                     .then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
+                let window = args.window;
                 tokio::spawn(async move {
                     let mut stream =
                         engram::client::ObservationStream::connect(options, Default::default())
                             .await?;
+                    if let Some(window) = window {
+                        stream.set_pending_max(window);
+                    }
                     let mut tally = Tally::new(ids_out, bar, mine.len());
                     let start = Instant::now();
                     for (i, &n) in mine.iter().enumerate() {

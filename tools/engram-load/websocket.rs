@@ -15,6 +15,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::{join_senders, progress_bar, summed, Args, Report, Sent};
 
+/// Observations each connection keeps unacknowledged unless --window says otherwise.
+const WINDOW_DEFAULT: usize = 1024;
+
 pub fn run(args: &Args) -> anyhow::Result<Report> {
     let url = format!("ws://{}/v1/stream", args.http_addr);
     let bar = progress_bar(args.count);
@@ -33,7 +36,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
                 let (url, space, window, bar, binary) = (
                     url.clone(),
                     args.space.clone(),
-                    args.window,
+                    args.window.unwrap_or(WINDOW_DEFAULT),
                     bar.clone(),
                     args.ws_binary,
                 );
