@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: recover the log, then serve QUIC until SIGTERM or ctrl-c.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Stream observations from a JSON-lines file (`-` for stdin) to a server. Each line:
     /// {"id": "...", "embedding": [...], "what": "...", "confidence": 0.9, "when_unix_ns": 0};
     /// all but id and embedding are optional. Exits 1 if the server refused any.
@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
                 .subcommand_matches("serve")
                 .expect("the serve subcommand");
             apply_config_file(&mut args, given)?;
-            serve(args)
+            serve(*args)
         }
     }
 }
@@ -112,6 +112,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engram::transport::session::SessionLimits {
             sessions_max: args.sessions_max,
             hello_timeout: Duration::from_millis(args.hello_timeout_ms),
+            batch_observations_max: args.ingest_batch_max,
         },
     ));
     let (ws_stop, ws_stopping) = tokio::sync::watch::channel(false);

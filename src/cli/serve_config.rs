@@ -133,6 +133,11 @@ pub struct ServeArgs {
     /// The key of --http-tls-cert (DER PKCS#8 or PEM).
     #[arg(long, env = "ENGRAM_HTTP_TLS_KEY", requires = "http_tls_cert")]
     pub http_tls_key: Option<PathBuf>,
+    /// Observations a session hands to the log in one batch at most (what already arrived,
+    /// up to this many): larger batches share a sync and its overhead, smaller ones start
+    /// their sync sooner.
+    #[arg(long, env = "ENGRAM_INGEST_BATCH_MAX", default_value_t = engram::transport::session::BATCH_OBSERVATIONS_MAX_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=65536).map(|v| v as usize))]
+    pub ingest_batch_max: usize,
     /// Serve GET /metrics here (and no longer on --http-addr), without a token: an
     /// address kept to the monitoring network.
     #[arg(long, env = "ENGRAM_METRICS_ADDR")]
@@ -196,6 +201,7 @@ struct ConfigFile {
     hello_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     metrics_addr: Option<std::net::SocketAddr>,
+    ingest_batch_max: Option<usize>,
     http_tls_cert: Option<PathBuf>,
     http_tls_key: Option<PathBuf>,
 }
@@ -256,6 +262,7 @@ pub fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyh
     fill!(hello_timeout_ms, anyhow::Ok);
     fill!(idle_timeout_ms, anyhow::Ok);
     fill!(metrics_addr, |v| anyhow::Ok(Some(v)));
+    fill!(ingest_batch_max, anyhow::Ok);
     fill!(http_tls_cert, |v| anyhow::Ok(Some(v)));
     fill!(http_tls_key, |v| anyhow::Ok(Some(v)));
     fill!(wal_recovery_mode, |v: String| {

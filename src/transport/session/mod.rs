@@ -47,6 +47,8 @@ impl FrameSink for tokio::io::WriteHalf<tokio::io::DuplexStream> {
 
 /// Sessions open at once, over QUIC and WebSocket together, unless configured.
 pub const SESSIONS_MAX_DEFAULT: usize = 10_000;
+/// Observe frames read into one batch (one log append) at most, unless configured.
+pub const BATCH_OBSERVATIONS_MAX_DEFAULT: usize = 1024;
 /// How long a new session has to send Hello unless configured.
 pub const HELLO_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
@@ -56,6 +58,9 @@ pub struct SessionLimits {
     pub sessions_max: usize,
     /// A session that has not sent Hello by then is closed (slow-loris).
     pub hello_timeout: Duration,
+    /// Observe frames a session hands to the log as one batch at most: what already
+    /// arrived, up to this many.
+    pub batch_observations_max: usize,
 }
 
 impl Default for SessionLimits {
@@ -63,6 +68,7 @@ impl Default for SessionLimits {
         SessionLimits {
             sessions_max: SESSIONS_MAX_DEFAULT,
             hello_timeout: HELLO_TIMEOUT_DEFAULT,
+            batch_observations_max: BATCH_OBSERVATIONS_MAX_DEFAULT,
         }
     }
 }

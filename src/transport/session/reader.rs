@@ -12,8 +12,6 @@ use crate::ingest::{Engine, EngineError, Handled, LoadPermit, Overloaded, Reject
 use crate::transport::framed::{write_frames, FrameReader, StreamError};
 use crate::transport::protocol::{ErrorCode, Frame, ObserveFrame, PROTOCOL_VERSION};
 
-/// Observe frames read into one batch at most: one log append.
-const BATCH_OBSERVATIONS_MAX: usize = 1024;
 /// Batches of one session in flight between its reader and its acknowledger.
 const SESSION_BATCHES_IN_FLIGHT_MAX: usize = 16;
 
@@ -170,8 +168,16 @@ pub async fn run_session<S: FrameSink, R: AsyncRead + Unpin>(
         ),
         work_rx,
     ));
-    let read_result =
-        read_observations(&engine, &access, &mut reader, &work_tx, &mut stop, &credits).await;
+    let read_result = read_observations(
+        &engine,
+        &sessions,
+        &access,
+        &mut reader,
+        &work_tx,
+        &mut stop,
+        &credits,
+    )
+    .await;
     if let Err(e) = &read_result {
         let (code, message) = match e {
             SessionError::Stream(StreamError::Protocol(p)) => {
@@ -194,6 +200,7 @@ pub async fn run_session<S: FrameSink, R: AsyncRead + Unpin>(
 /// so a session never holds more than its credits.
 async fn read_observations(
     engine: &Arc<Engine>,
+    sessions: &SessionTable,
     access: &Access,
     reader: &mut FrameReader<impl AsyncRead + Unpin>,
     work: &mpsc::Sender<Work>,
@@ -201,6 +208,7 @@ async fn read_observations(
     credits: &Arc<Semaphore>,
 ) -> Result<(), SessionError> {
     let credits_max = engine.limits().inflight_bytes_max.max(1);
+    let batch_max = sessions.limits().batch_observations_max.max(1);
     let load = engine.load().clone();
     let mut load_state = load.subscribe();
     loop {
@@ -269,7 +277,7 @@ async fn read_observations(
                     break;
                 }
             }
-            if batch.len() >= BATCH_OBSERVATIONS_MAX {
+            if batch.len() >= batch_max {
                 break;
             }
             match reader.buffered().map_err(StreamError::from)? {

@@ -1,0 +1,264 @@
+//! The streaming benches of the performance issue, against the real server binary on
+//! loopback, driven by the real load generator (both built in release by `cargo bench`):
+//!
+//! - `streaming_throughput`: offered load 10K, 50K, 100K, 200K obs/s (384-d, 4
+//!   connections); criterion times the run, and each run prints the achieved acked rate
+//!   and the ack p99. Refused observations never count as throughput.
+//! - `batch_size`: the server's `--ingest-batch-max` at 10, 50, 100, 500, 1000, streaming
+//!   as fast as the machine goes.
+//! - `concurrent_recall`: recall p50/p99 at k=10, read-your-writes, on a space of
+//!   `ENGRAM_BENCH_RECALL_SPACE` (default 100,000) vectors while another space is streamed
+//!   at `ENGRAM_BENCH_STREAM_RATE` (default 50,000, half the max) obs/s.
+//!
+//!   cargo bench --bench streaming [-- FILTER]
+//!
+//! Each configuration prints one JSON line with the load generator's report.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+const DIM: &str = "384";
+
+struct Server {
+    child: Child,
+    quic: String,
+    cert: String,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        use std::io::{BufRead, BufReader};
+        let data = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .args([
+                "serve",
+                "--quic-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start engram serve");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let up = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.contains("engram is up"))
+            .expect("the server comes up");
+        // Keep reading its log, so that it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let quic = up
+            .split("quic_addr=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("quic_addr in the log")
+            .to_owned();
+        let cert = data.path().join("tls/cert.der").display().to_string();
+        Server {
+            child,
+            quic,
+            cert,
+            _data: data,
+        }
+    }
+
+    /// Runs engram-load against this server; its JSON report.
+    fn load(&self, args: &[&str]) -> serde_json::Value {
+        load(&[&["--addr", &self.quic, "--cert", &self.cert], args].concat())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn load(args: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_engram-load"))
+        .args(["--json", "--dim", DIM])
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run engram-load");
+    assert!(output.status.success(), "engram-load failed");
+    serde_json::from_slice(&output.stdout).expect("a JSON report")
+}
+
+fn seconds(report: &serde_json::Value) -> Duration {
+    Duration::from_secs_f64(report["seconds"].as_f64().unwrap())
+}
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn streaming_throughput(c: &mut Criterion) {
+    let server = Server::start(&[]);
+    let mut group = c.benchmark_group("streaming_throughput");
+    group.sample_size(10);
+    let mut run = 0;
+    for offered in [10_000u64, 50_000, 100_000, 200_000] {
+        // About two seconds of offered load per sample.
+        let count = (offered * 2).to_string();
+        group.throughput(Throughput::Elements(offered * 2));
+        group.bench_with_input(
+            BenchmarkId::from_parameter(offered),
+            &offered,
+            |b, &offered| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        run += 1;
+                        let space = format!("t{run}");
+                        let rate = offered.to_string();
+                        let report = server.load(&[
+                            "--count",
+                            &count,
+                            "--connections",
+                            "4",
+                            "--rate",
+                            &rate,
+                            "--space",
+                            &space,
+                        ]);
+                        eprintln!("streaming_throughput offered={offered} {report}");
+                        total += seconds(&report);
+                    }
+                    total
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+fn batch_size(c: &mut Criterion) {
+    let mut group = c.benchmark_group("batch_size");
+    group.sample_size(10);
+    let count = 100_000u64;
+    group.throughput(Throughput::Elements(count));
+    for batch in [10u32, 50, 100, 500, 1000] {
+        let server = Server::start(&["--ingest-batch-max", &batch.to_string()]);
+        let mut run = 0;
+        group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, &batch| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    run += 1;
+                    let space = format!("b{run}");
+                    let report = server.load(&[
+                        "--count",
+                        &count.to_string(),
+                        "--connections",
+                        "4",
+                        "--space",
+                        &space,
+                    ]);
+                    eprintln!("batch_size batch={batch} {report}");
+                    total += seconds(&report);
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
+fn concurrent_recall(c: &mut Criterion) {
+    let vectors = setting("ENGRAM_BENCH_RECALL_SPACE", 100_000);
+    let rate = setting("ENGRAM_BENCH_STREAM_RATE", 50_000);
+    let server = Server::start(&[]);
+    // The space recalled from, indexed before the clock runs.
+    let filled = server.load(&[
+        "--count",
+        &vectors.to_string(),
+        "--connections",
+        "4",
+        "--space",
+        "recalled",
+        "--distribution",
+        "clustered",
+    ]);
+    eprintln!("concurrent_recall filled {filled}");
+    let mut group = c.benchmark_group("concurrent_recall");
+    group.sample_size(10);
+    let recalls = 2_000u64;
+    group.throughput(Throughput::Elements(recalls));
+    let mut run = 0u64;
+    group.bench_function("k10_read_your_writes_while_streaming", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                run += 1;
+                // The stream runs for the whole recall run: rate x 30 s of observations.
+                let mut stream = Command::new(env!("CARGO_BIN_EXE_engram-load"))
+                    .args([
+                        "--json",
+                        "--dim",
+                        DIM,
+                        "--addr",
+                        &server.quic,
+                        "--cert",
+                        &server.cert,
+                    ])
+                    .args([
+                        "--count",
+                        &(rate * 30).to_string(),
+                        "--rate",
+                        &rate.to_string(),
+                    ])
+                    .args(["--space", &format!("streamed{run}")])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("run engram-load");
+                let report = server.load(&[
+                    "--target",
+                    "recall",
+                    "--space",
+                    "recalled",
+                    "--count",
+                    &recalls.to_string(),
+                    "--connections",
+                    "1",
+                    "--k",
+                    "10",
+                    "--consistency",
+                    "read-your-writes",
+                ]);
+                let _ = stream.kill();
+                let _ = stream.wait();
+                eprintln!("concurrent_recall stream_rate={rate} {report}");
+                total += seconds(&report);
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(1))
+        .configure_from_args()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = streaming_throughput, batch_size, concurrent_recall
+}
+criterion_main!(benches);
