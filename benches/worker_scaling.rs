@@ -1,0 +1,113 @@
+//! `worker_scaling`: indexed observations per second by the ingest workers, with 1, 2, 4
+//! and 8 workers over 4 spaces. The log is written first (384-d clustered synthetic
+//! observations); each sample starts fresh workers on empty indexes and times them
+//! indexing it from the start, as after a restart without checkpoints.
+//!
+//!   ENGRAM_BENCH_INDEXED=20000 cargo bench --bench worker_scaling
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use engram::index::{IndexParams, SpaceIndexes};
+use engram::ingest::checkpointer::CheckpointPolicy;
+use engram::ingest::{IndexWorkers, ServerLoad};
+use engram::synthetic::{observation, Distribution};
+use engram::wal::{Entry, Lsn, RecordKind, Wal, WalConfig, WalReader};
+
+const DIM: usize = 384;
+const SPACES: u64 = 4;
+
+fn worker_scaling(c: &mut Criterion) {
+    let count: u64 = std::env::var("ENGRAM_BENCH_INDEXED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path().join("wal"), WalConfig::default()).unwrap();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
+        let entries = chunk
+            .iter()
+            .map(|&n| Entry {
+                kind: RecordKind::Observation,
+                payload: observation(
+                    1,
+                    &format!("space-{}", n % SPACES),
+                    "obs-",
+                    n,
+                    DIM,
+                    Distribution::Clustered,
+                )
+                .to_payload(),
+            })
+            .collect();
+        wal.append_blocking(entries).unwrap();
+    }
+    let reader = wal.reader();
+    let mut group = c.benchmark_group("worker_scaling");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(count));
+    for workers in [1usize, 2, 4, 8] {
+        group.bench_with_input(
+            BenchmarkId::from_parameter(workers),
+            &workers,
+            |b, &workers| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| index_all(&reader, dir.path(), workers, count))
+                        .sum()
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+/// Starts `workers` workers on empty indexes and waits until they indexed the whole log.
+fn index_all(reader: &WalReader, dir: &std::path::Path, workers: usize, count: u64) -> Duration {
+    let durable = reader.durable_lsn();
+    let indexes = Arc::new(SpaceIndexes::new(IndexParams::default(), workers));
+    let policy = Arc::new(CheckpointPolicy {
+        root: dir.join("index"),
+        every_records: 0,
+        every: Duration::ZERO,
+        truncate: Box::new(|_| Ok(0)),
+        written: Default::default(),
+        failed: Default::default(),
+    });
+    let load = Arc::new(ServerLoad::new(u64::MAX, u64::MAX));
+    let started = Instant::now();
+    let running = IndexWorkers::start(reader, indexes.clone(), load, policy, Lsn::FIRST).unwrap();
+    // Polling the watermark: a bench's stopwatch, not a test's synchronisation.
+    while (0..workers)
+        .map(|w| indexes.worker_progress(w).indexed_lsn())
+        .min()
+        .unwrap()
+        < durable
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let took = started.elapsed();
+    drop(running);
+    let indexed: usize = indexes.all().iter().map(|s| s.len()).sum();
+    assert_eq!(indexed as u64, count);
+    eprintln!(
+        "worker_scaling workers={workers}: {:.0} indexed obs/s",
+        count as f64 / took.as_secs_f64()
+    );
+    took
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(1))
+        .configure_from_args()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = worker_scaling
+}
+criterion_main!(benches);
