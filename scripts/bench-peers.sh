@@ -60,7 +60,10 @@ stop() {
 
 for rep in $(seq "$reps"); do
   rm -rf "$dir/engram" "$dir/redis" "$dir/nats"
-  start_release_server "$dir/engram" "$dir/engram.log"
+  # The peers store and do not index: the index lag bound is lifted so that engram's
+  # figure is its durable, acknowledged ingest too (the index follows behind; its own
+  # rate is the worker_scaling bench's).
+  start_release_server "$dir/engram" "$dir/engram.log" --index-lag-max "$((2 * count))"
   load engram --target quic --addr "$quic_addr" --cert "$dir/engram/tls/cert.der" --space "peers-$rep"
   stop
 
