@@ -551,3 +551,44 @@ async fn malformed_and_oversize_frames_of_every_type_are_answered_and_others_are
     assert!(server.terminate().success());
     assert_eq!(common::stored(data.path()).len(), 1);
 }
+
+#[test]
+fn metrics_can_move_to_their_own_address_and_need_the_admin_token_elsewhere() {
+    let data = tempfile::tempdir().unwrap();
+    let tokens = auth_file(data.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = Server::start(
+        data.path(),
+        &[
+            "--auth-file",
+            tokens.to_str().unwrap(),
+            "--metrics-addr",
+            &metrics_addr.to_string(),
+        ],
+    );
+    let (status, body) = common::server::http_get(metrics_addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("engram_streaming_active_sessions"), "{body}");
+    // Not on the main address any more, with or without a token; /stats stays, for admins.
+    let admin = format!("Authorization: Bearer {ADMIN}\r\n");
+    assert_eq!(
+        http_get_with(server.http_addr, "/metrics", &admin)
+            .unwrap()
+            .0,
+        404
+    );
+    assert_eq!(
+        http_get_with(server.http_addr, "/stats", &admin).unwrap().0,
+        200
+    );
+    // The metrics address serves nothing else.
+    assert_eq!(
+        common::server::http_get(metrics_addr, "/stats").unwrap().0,
+        404
+    );
+}
