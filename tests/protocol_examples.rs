@@ -562,8 +562,37 @@ proptest! {
         prop_assert_eq!(at, stream.len());
     }
 
+    /// Whatever the bytes, the decoder answers without panicking, and a frame it accepts
+    /// encodes back to exactly the bytes it came from: one encoding per frame.
     #[test]
-    fn arbitrary_bytes_never_panic_the_decoder(bytes in prop::collection::vec(any::<u8>(), 0..2000)) {
-        let _ = Frame::decode(&bytes, 4096);
+    fn arbitrary_bytes_never_panic_the_decoder_and_decode_canonically(
+        bytes in prop::collection::vec(any::<u8>(), 0..2000),
+    ) {
+        if let Ok(Some((frame, used))) = Frame::decode(&bytes, 4096) {
+            let mut again = Vec::new();
+            frame.encode(&mut again);
+            prop_assert_eq!(&again[..], &bytes[..used], "{:?}", frame);
+        }
     }
+}
+
+/// Found by the `protocol_frame` fuzz target: a CheckResult whose bitmap had bits set
+/// past its count decoded, and encoded back to other bytes.
+#[test]
+fn check_result_bits_past_the_count_are_refused() {
+    // request_id 3 << 24, count 26: four bitmap bytes, the last with bits past bit 1.
+    let mut bytes = vec![17, 0, 0, 0, 0x48, 0, 0, 0, 3, 0, 0, 0, 0, 26, 0, 0, 0];
+    bytes.extend_from_slice(&[9, 2, 72, 72]);
+    assert_eq!(
+        Frame::decode(&bytes, 4096),
+        Err(ProtocolError::InvalidValue {
+            field: "found",
+            value: 72
+        })
+    );
+    bytes[20] = 0b10;
+    assert!(matches!(
+        Frame::decode(&bytes, 4096),
+        Ok(Some((Frame::CheckResult { .. }, 21)))
+    ));
 }

@@ -548,6 +548,15 @@ fn decode_body(kind: FrameType, r: &mut Reader<'_>) -> Result<Frame, ProtocolErr
             let request_id = r.u64("request_id")?;
             let count = r.u32("count")? as usize;
             let bits = r.take(count.div_ceil(8), "found")?;
+            // The bits past `count` are zero: one encoding per answer (found by fuzzing).
+            if let Some(&last) = bits.last().filter(|_| count % 8 != 0) {
+                if last >> (count % 8) != 0 {
+                    return Err(ProtocolError::InvalidValue {
+                        field: "found",
+                        value: last.into(),
+                    });
+                }
+            }
             let found = (0..count)
                 .map(|i| bits[i / 8] & (1 << (i % 8)) != 0)
                 .collect();
