@@ -576,6 +576,37 @@ proptest! {
     }
 }
 
+/// Found by the `protocol_frame` fuzz target: a Recall in a mode other than AsOf with an
+/// `as_of_lsn` decoded, and the LSN was dropped.
+#[test]
+fn an_as_of_lsn_outside_as_of_is_refused() {
+    let recall = |consistency| Frame::Recall {
+        request_id: 1,
+        space: "s".into(),
+        k: 5,
+        ef: 0,
+        consistency,
+        query_id: "q".into(),
+        embedding: Vec::new(),
+    };
+    let mut bytes = Vec::new();
+    recall(Consistency::ReadYourWrites).encode(&mut bytes);
+    // request_id (8), space (1 + 1), k (2), ef (2), consistency (1): the LSN's first byte.
+    let lsn_at = 4 + 1 + 8 + 2 + 2 + 2 + 1;
+    bytes[lsn_at] = 50;
+    assert_eq!(
+        Frame::decode(&bytes, 4096),
+        Err(ProtocolError::InvalidValue {
+            field: "as_of_lsn",
+            value: 50
+        })
+    );
+    let mut as_of = Vec::new();
+    recall(Consistency::AsOf(Lsn(50))).encode(&mut as_of);
+    assert_eq!(as_of[lsn_at], 50);
+    assert!(Frame::decode(&as_of, 4096).unwrap().is_some());
+}
+
 /// Found by the `protocol_frame` fuzz target: a CheckResult whose bitmap had bits set
 /// past its count decoded, and encoded back to other bytes.
 #[test]

@@ -488,6 +488,14 @@ fn decode_body(kind: FrameType, r: &mut Reader<'_>) -> Result<Frame, ProtocolErr
                     })
                 }
             };
+            // Only AsOf has an LSN; an LSN with another mode would be silently ignored
+            // (found by fuzzing).
+            if as_of != 0 && !matches!(consistency, Consistency::AsOf(_)) {
+                return Err(ProtocolError::InvalidValue {
+                    field: "as_of_lsn",
+                    value: as_of,
+                });
+            }
             let query_id = r.str16("query_id")?;
             let dim = r.u32("dim")? as usize;
             r.expect_at_least(dim.saturating_mul(4), "embedding")?;
