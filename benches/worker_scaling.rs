@@ -5,6 +5,8 @@
 //!
 //!   ENGRAM_BENCH_INDEXED=20000 cargo bench --bench worker_scaling
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,16 +100,9 @@ fn index_all(reader: &WalReader, dir: &std::path::Path, workers: usize, count: u
     took
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(1))
-        .measurement_time(Duration::from_secs(1))
-        .configure_from_args()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::whole_runs();
     targets = worker_scaling
 }
 criterion_main!(benches);

@@ -26,14 +26,22 @@ index.set_num_threads(1)
 started = time.perf_counter()
 found = [index.knn_query(q, k=K)[0][0] for q in queries]
 search_s = time.perf_counter() - started
-hits = sum(len(set(int(x) for x in f) & set(t)) for f, t in zip(found, truth))
-print(json.dumps({
-    "library": f"hnswlib {hnswlib.__version__ if hasattr(hnswlib, '__version__') else ''} (ip, from PyPI)",
-    "points": len(base),
-    "build_points_per_s": round(len(base) / build_s),
-    "search_qps_1_thread": round(len(queries) / search_s),
-    "recall_at_10": hits / (len(queries) * K),
-}))
+
+
+def report(library, build_s, search_s, found):
+    """One JSON line: build rate, single-thread query rate and recall@10 against truth."""
+    hits = sum(len(set(int(x) for x in f) & set(t)) for f, t in zip(found, truth))
+    print(json.dumps({
+        "library": library,
+        "points": len(base),
+        "build_points_per_s": round(len(base) / build_s),
+        "search_qps_1_thread": round(len(queries) / search_s),
+        "recall_at_10": hits / (len(queries) * K),
+    }))
+
+
+report(f"hnswlib {hnswlib.__version__ if hasattr(hnswlib, '__version__') else ''} (ip, from PyPI)",
+       build_s, search_s, found)
 
 try:
     import faiss
@@ -51,11 +59,5 @@ if faiss is not None:
     started = time.perf_counter()
     found = [index.search(q.reshape(1, -1), K)[1][0] for q in queries]
     search_s = time.perf_counter() - started
-    hits = sum(len(set(int(x) for x in f) & set(t)) for f, t in zip(found, truth))
-    print(json.dumps({
-        "library": f"faiss {faiss.__version__} (IndexHNSWFlat, inner product, from PyPI)",
-        "points": len(base),
-        "build_points_per_s": round(len(base) / build_s),
-        "search_qps_1_thread": round(len(queries) / search_s),
-        "recall_at_10": hits / (len(queries) * K),
-    }))
+    report(f"faiss {faiss.__version__} (IndexHNSWFlat, inner product, from PyPI)",
+           build_s, search_s, found)
