@@ -212,18 +212,6 @@ async fn read_observations(
     let load = engine.load().clone();
     let mut load_state = load.subscribe();
     loop {
-        // Server-wide Critical: stop reading until the commit queue drains.
-        let reading = tokio::select! {
-            () = load.wait_below_critical(&mut load_state) => true,
-            stopped = stop.wait_for(|s| *s) => {
-                drop(stopped);
-                false
-            }
-        };
-        if !reading {
-            let _ = work.send(Work::Goodbye).await;
-            return Ok(());
-        }
         let first = tokio::select! {
             frame = reader.next() => Some(frame?),
             stopped = stop.wait_for(|s| *s) => {
@@ -236,6 +224,24 @@ async fn read_observations(
             let _ = work.send(Work::Goodbye).await;
             return Ok(());
         };
+        // Server-wide Critical: an observation waits, and the session is read no further,
+        // until the commit queue and the index lag drain. Requests pass: a session that
+        // only recalls is never held behind ingest, and the one frame read is bounded.
+        if matches!(first, Some(Frame::Observe(_))) {
+            let reading = tokio::select! {
+                () = load.wait_below_critical(&mut load_state) => true,
+                stopped = stop.wait_for(|s| *s) => {
+                    drop(stopped);
+                    false
+                }
+            };
+            if !reading {
+                // Shutting down: the held observation was never accepted, so it is
+                // neither acknowledged nor refused; the client resends it.
+                let _ = work.send(Work::Goodbye).await;
+                return Ok(());
+            }
+        }
         let mut batch: Vec<ObserveFrame> = Vec::new();
         let mut held: Option<OwnedSemaphorePermit> = None;
         let mut after = None;
