@@ -102,6 +102,25 @@ fn seconds(report: &serde_json::Value) -> Duration {
     Duration::from_secs_f64(report["seconds"].as_f64().unwrap())
 }
 
+/// `iters` whole runs for criterion's `iter_custom`: each gets the next number of `run`
+/// (for a space of its own) and returns the load generator's report, which is printed
+/// after `label`; the runs' own durations, summed.
+fn timed_runs(
+    iters: u64,
+    run: &mut u64,
+    label: &str,
+    mut load: impl FnMut(u64) -> serde_json::Value,
+) -> Duration {
+    (0..iters)
+        .map(|_| {
+            *run += 1;
+            let report = load(*run);
+            eprintln!("{label} {report}");
+            seconds(&report)
+        })
+        .sum()
+}
+
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -127,26 +146,20 @@ fn streaming_throughput(c: &mut Criterion) {
             BenchmarkId::from_parameter(offered),
             &offered,
             |b, &offered| {
+                let label = format!("streaming_throughput offered={offered}");
                 b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        run += 1;
-                        let space = format!("t{run}");
-                        let rate = offered.to_string();
-                        let report = server.load(&[
+                    timed_runs(iters, &mut run, &label, |run| {
+                        server.load(&[
                             "--count",
                             &count,
                             "--connections",
                             "4",
                             "--rate",
-                            &rate,
+                            &offered.to_string(),
                             "--space",
-                            &space,
-                        ]);
-                        eprintln!("streaming_throughput offered={offered} {report}");
-                        total += seconds(&report);
-                    }
-                    total
+                            &format!("t{run}"),
+                        ])
+                    })
                 })
             },
         );
@@ -165,23 +178,18 @@ fn batch_size(c: &mut Criterion) {
             Server::start(&[&INGEST_ALONE[..], &["--ingest-batch-max", &batch_max]].concat());
         let mut run = 0;
         group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, &batch| {
+            let label = format!("batch_size batch={batch}");
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    run += 1;
-                    let space = format!("b{run}");
-                    let report = server.load(&[
+                timed_runs(iters, &mut run, &label, |run| {
+                    server.load(&[
                         "--count",
                         &count.to_string(),
                         "--connections",
                         "4",
                         "--space",
-                        &space,
-                    ]);
-                    eprintln!("batch_size batch={batch} {report}");
-                    total += seconds(&report);
-                }
-                total
+                        &format!("b{run}"),
+                    ])
+                })
             })
         });
     }
@@ -212,10 +220,9 @@ fn concurrent_recall(c: &mut Criterion) {
     group.throughput(Throughput::Elements(recalls));
     let mut run = 0u64;
     group.bench_function("k10_read_your_writes_while_streaming", |b| {
+        let label = format!("concurrent_recall stream_rate={rate}");
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                run += 1;
+            timed_runs(iters, &mut run, &label, |run| {
                 // The stream runs for the whole recall run: rate x 30 s of observations.
                 let mut stream = Command::new(env!("CARGO_BIN_EXE_engram-load"))
                     .args([
@@ -253,10 +260,8 @@ fn concurrent_recall(c: &mut Criterion) {
                 ]);
                 let _ = stream.kill();
                 let _ = stream.wait();
-                eprintln!("concurrent_recall stream_rate={rate} {report}");
-                total += seconds(&report);
-            }
-            total
+                report
+            })
         })
     });
     group.finish();
