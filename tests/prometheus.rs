@@ -86,6 +86,21 @@ impl Prometheus {
     }
 }
 
+/// The share of a histogram's samples above bucket `le`, from a Prometheus exposition.
+fn share_above(exposition: &str, histogram: &str, le: &str) -> f64 {
+    let sample = |prefix: String| -> f64 {
+        let line = exposition
+            .lines()
+            .find(|line| line.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} missing from the exposition"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let count = sample(format!("{histogram}_count "));
+    let at_or_below = sample(format!("{histogram}_bucket{{le=\"{le}\"}} "));
+    assert!(count > 0.0, "{histogram} has no samples");
+    1.0 - at_or_below / count
+}
+
 fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -247,13 +262,29 @@ async fn a_real_prometheus_scrapes_the_server_and_the_dashboard_and_alerts_work(
         missing.is_empty(),
         "after 120 s still without data or evaluation: {missing:#?}"
     );
-    // No alert fires on a healthy server under a light load.
+    // No alert fires on a healthy server under a light load. The two latency alerts
+    // measure the machine's disk as much as the server: on a slow disk (a shared CI
+    // runner) they may stand pending, but only when the server's own histogram, read
+    // without Prometheus, shows the same slowness.
     let alerts = prometheus.get("/api/v1/alerts").unwrap();
-    assert_eq!(
-        alerts["data"]["alerts"].as_array().unwrap().len(),
-        0,
-        "{alerts}"
-    );
+    let (_, exposition) = server.http_get("/metrics");
+    for alert in alerts["data"]["alerts"].as_array().unwrap() {
+        assert_eq!(alert["state"], "pending", "{alerts}");
+        let (histogram, bucket_below_threshold) = match alert["labels"]["alertname"].as_str() {
+            // p99 > 20 ms interpolates inside (12.8 ms, 25.6 ms] or above.
+            Some("FsyncSlow") => ("engram_wal_fsync_duration_seconds", "0.0128"),
+            // p99 > 50 ms interpolates inside (25.6 ms, 51.2 ms] or above.
+            Some("HighObservationLatency") => {
+                ("engram_streaming_observation_latency_seconds", "0.0256")
+            }
+            _ => panic!("a healthy server raised {alert}"),
+        };
+        let share = share_above(&exposition, histogram, bucket_below_threshold);
+        assert!(
+            share > 0.01,
+            "{alert} while only {share} of {histogram} lies above {bucket_below_threshold} s"
+        );
+    }
     drop(prometheus);
     assert!(server.terminate().success());
 }
