@@ -75,6 +75,10 @@ struct Manifest {
     covered_lsn: u64,
     count: u64,
     params: IndexParams,
+    /// The graph holds its vectors at unit length (`StoredForm::unit_length`). Absent
+    /// from manifests written before cosine graphs did so, hence false by default.
+    #[serde(default)]
+    unit_length: bool,
     graph_bytes: u64,
     graph_crc32: u32,
     entries_bytes: u64,
@@ -96,7 +100,6 @@ pub struct LoadedCheckpoint {
     pub space: String,
     pub dim: u32,
     pub metric: Metric,
-    pub quantization: super::Quantization,
     pub covered: Lsn,
     pub graph: Hnsw,
     pub entries: Vec<IndexedEntry>,
@@ -208,6 +211,7 @@ pub fn write_checkpoint(
         covered_lsn: covered.0,
         count,
         params: *params,
+        unit_length: index.graph().form().unit_length,
         graph_bytes,
         graph_crc32,
         entries_bytes: bytes.len() as u64,
@@ -425,7 +429,13 @@ fn load_one(path: &Path, space: &str, covered: Lsn) -> Result<LoadedCheckpoint, 
     }
     // The graph keeps the parameters it was built with: a changed --hnsw-m applies to
     // spaces created after it.
-    let graph = Hnsw::load(&graph_path, manifest.dim, manifest.metric, &manifest.params)?;
+    let graph = Hnsw::load(
+        &graph_path,
+        manifest.dim,
+        manifest.metric,
+        &manifest.params,
+        manifest.unit_length,
+    )?;
     if graph.len() as u64 != manifest.count {
         return Err(damaged(format!(
             "the graph holds {} vectors; the manifest says {}",
@@ -437,7 +447,6 @@ fn load_one(path: &Path, space: &str, covered: Lsn) -> Result<LoadedCheckpoint, 
         space: space.to_owned(),
         dim: manifest.dim,
         metric: manifest.metric,
-        quantization: manifest.params.quantization,
         covered,
         graph,
         entries,
@@ -460,6 +469,38 @@ mod tests {
             space.insert(key, &[i as f32, 1.0, 2.0, 3.0]).unwrap();
         }
         space
+    }
+
+    #[test]
+    fn a_cosine_graph_keeps_its_unit_vectors_across_a_checkpoint_and_older_ones_load_as_given() {
+        let root = tempfile::tempdir().unwrap();
+        let params = IndexParams::default();
+        let indexes = SpaceIndexes::new(params, 1);
+        let space = indexes.get_or_create("c", 4, Metric::Cosine).unwrap();
+        for i in 0..10u64 {
+            let key = match space.admit(&format!("id-{i}"), Lsn(i + 1), 7, 0.5, "text") {
+                super::super::Admission::New(key) => key,
+                other => panic!("{other:?}"),
+            };
+            space.insert(key, &[i as f32, 1.0, 2.0, 3.0]).unwrap();
+        }
+        assert!(space.graph().form().unit_length);
+        let written = write_checkpoint(root.path(), &space, Lsn(10), &params).unwrap();
+        let loaded = load_checkpoints(root.path()).unwrap();
+        assert!(loaded[0].graph.form().unit_length);
+
+        // A manifest from before the field: the graph's vectors are taken as given.
+        let manifest_path = written.join(MANIFEST_FILE);
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+        manifest
+            .as_object_mut()
+            .unwrap()
+            .remove("unit_length")
+            .unwrap();
+        std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+        let loaded = load_checkpoints(root.path()).unwrap();
+        assert!(!loaded[0].graph.form().unit_length);
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The HNSW graph behind the `VectorIndex` trait, on usearch (chosen by benches/
 //! index_candidates.rs; docs/architecture.md says why).
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, RwLock};
 
-use super::{IndexError, IndexParams, Quantization, VectorIndex};
+use super::{
+    kernels, scale_to_unit_length, IndexError, IndexParams, Quantization, StoredForm, VectorIndex,
+};
 use crate::space::Metric;
 
 /// Capacity a new graph reserves; it doubles as it fills.
@@ -55,6 +58,7 @@ pub struct Hnsw {
     slots: CallerSlots,
     slot_count: usize,
     metric: Metric,
+    form: StoredForm,
 }
 
 fn options(dim: u32, metric: Metric, params: &IndexParams) -> usearch::IndexOptions {
@@ -80,47 +84,70 @@ fn slot_count() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()) * 2 + 16
 }
 
+/// A usearch graph with this crate's distance kernels, loaded from `from` if given.
+fn graph(
+    dim: u32,
+    metric: Metric,
+    params: &IndexParams,
+    form: StoredForm,
+    from: Option<&Path>,
+) -> Result<usearch::Index, IndexError> {
+    let mut graph = usearch::Index::new(&options(dim, metric, params)).map_err(library)?;
+    if let Some(path) = from {
+        graph.load(&path_str(path)?).map_err(library)?;
+        if graph.dimensions() != dim as usize {
+            return Err(IndexError::Library(format!(
+                "{} holds {}-dimensional vectors, not {dim}",
+                path.display(),
+                graph.dimensions()
+            )));
+        }
+    }
+    // After loading: a load puts back the file's built-in metric.
+    kernels::install(&mut graph, metric, form, dim as usize);
+    Ok(graph)
+}
+
 impl Hnsw {
     pub fn new(dim: u32, metric: Metric, params: &IndexParams) -> Result<Hnsw, IndexError> {
-        let graph = usearch::Index::new(&options(dim, metric, params)).map_err(library)?;
-        let slot_count = slot_count();
-        graph
-            .reserve_capacity_and_threads(INITIAL_CAPACITY, slot_count)
-            .map_err(library)?;
-        Ok(Hnsw {
-            graph: RwLock::new(graph),
-            claimed: AtomicUsize::new(0),
-            slots: CallerSlots::new(slot_count),
-            slot_count,
-            metric,
-        })
+        let form = StoredForm::of_new_graph(metric, params.quantization);
+        Hnsw::with_graph(graph(dim, metric, params, form, None)?, metric, form)
     }
 
-    /// Loads a graph `save` wrote.
+    /// Loads a graph `save` wrote, whose vectors are at unit length if `unit_length`
+    /// (what its `form` said when it was saved).
     pub fn load(
         path: &Path,
         dim: u32,
         metric: Metric,
         params: &IndexParams,
+        unit_length: bool,
     ) -> Result<Hnsw, IndexError> {
-        let hnsw = Hnsw::new(dim, metric, params)?;
-        {
-            let graph = hnsw.graph.write().expect("graph lock");
-            graph.load(&path_str(path)?).map_err(library)?;
-            if graph.dimensions() != dim as usize {
-                return Err(IndexError::Library(format!(
-                    "{} holds {}-dimensional vectors, not {dim}",
-                    path.display(),
-                    graph.dimensions()
-                )));
-            }
-            let size = graph.size();
-            graph
-                .reserve_capacity_and_threads((size * 2).max(INITIAL_CAPACITY), hnsw.slot_count)
-                .map_err(library)?;
-            hnsw.claimed.store(size, Ordering::Release);
-        }
-        Ok(hnsw)
+        let form = StoredForm {
+            unit_length,
+            quantization: params.quantization,
+        };
+        Hnsw::with_graph(graph(dim, metric, params, form, Some(path))?, metric, form)
+    }
+
+    fn with_graph(
+        graph: usearch::Index,
+        metric: Metric,
+        form: StoredForm,
+    ) -> Result<Hnsw, IndexError> {
+        let slot_count = slot_count();
+        let size = graph.size();
+        graph
+            .reserve_capacity_and_threads((size * 2).max(INITIAL_CAPACITY), slot_count)
+            .map_err(library)?;
+        Ok(Hnsw {
+            graph: RwLock::new(graph),
+            claimed: AtomicUsize::new(size),
+            slots: CallerSlots::new(slot_count),
+            slot_count,
+            metric,
+            form,
+        })
     }
 
     /// Converts usearch's distance into the score `Scorer` computes.
@@ -128,6 +155,17 @@ impl Hnsw {
         match self.metric {
             Metric::Cosine | Metric::Dot => 1.0 - distance,
             Metric::L2 => -distance.max(0.0).sqrt(),
+        }
+    }
+
+    /// `vector` as the graph takes it: usearch rounds to f16 itself.
+    fn as_stored<'v>(&self, vector: &'v [f32]) -> Cow<'v, [f32]> {
+        if self.form.unit_length {
+            let mut scaled = vector.to_vec();
+            scale_to_unit_length(&mut scaled);
+            Cow::Owned(scaled)
+        } else {
+            Cow::Borrowed(vector)
         }
     }
 
@@ -146,6 +184,7 @@ impl Hnsw {
 
 impl VectorIndex for Hnsw {
     fn insert(&self, key: u64, vector: &[f32]) -> Result<(), IndexError> {
+        let vector = &*self.as_stored(vector);
         let place = self.claimed.fetch_add(1, Ordering::AcqRel) + 1;
         loop {
             {
@@ -171,6 +210,7 @@ impl VectorIndex for Hnsw {
         count: usize,
         filter: Option<&(dyn Fn(u64) -> bool + Sync)>,
     ) -> Result<Vec<(u64, f32)>, IndexError> {
+        let query = &*self.as_stored(query);
         let graph = self.graph.read().expect("graph lock");
         let _slot = self.slots.take();
         let matches = match filter {
@@ -186,6 +226,10 @@ impl VectorIndex for Hnsw {
             .collect())
     }
 
+    fn form(&self) -> StoredForm {
+        self.form
+    }
+
     fn vector(&self, key: u64, out: &mut [f32]) -> bool {
         let graph = self.graph.read().expect("graph lock");
         let _slot = self.slots.take();
@@ -197,6 +241,7 @@ impl VectorIndex for Hnsw {
     }
 
     fn relink(&self, key: u64, vector: &[f32]) -> Result<(), IndexError> {
+        let vector = &*self.as_stored(vector);
         // Exclusive: no search may meet the node between its removal and its return.
         let graph = self.graph.write().expect("graph lock");
         graph.remove(key).map_err(library)?;
@@ -299,8 +344,13 @@ mod tests {
             assert!(hnsw.vector(key as u64, &mut stored));
             // Exactly what recall makes of a log record, so both score it the same.
             let mut rounded = v.clone();
-            Quantization::F16.round(&mut rounded);
+            hnsw.form().apply(&mut rounded);
             assert_eq!(stored, rounded);
+            let length = stored.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!(
+                (length - 1.0).abs() < 2e-3,
+                "cosine graphs hold unit vectors: {length}"
+            );
         }
     }
 
@@ -331,13 +381,102 @@ mod tests {
         }
         let path = dir.path().join("g.usearch");
         hnsw.save(&path).unwrap();
-        let loaded = Hnsw::load(&path, 8, Metric::L2, &exact).unwrap();
+        let loaded = Hnsw::load(&path, 8, Metric::L2, &exact, false).unwrap();
         assert_eq!(loaded.len(), 200);
         let mut v = vec![0f32; 8];
         assert!(loaded.vector(17, &mut v));
         assert_eq!(v, data[17]);
         loaded.insert(200, &data[0]).unwrap();
         assert_eq!(loaded.len(), 201);
-        assert!(Hnsw::load(&path, 9, Metric::L2, &exact).is_err());
+        assert!(Hnsw::load(&path, 9, Metric::L2, &exact, false).is_err());
+    }
+
+    /// The graph with this crate's kernels installed (what release builds run) finds
+    /// each vector and scores as the exact scorer does, in every metric and form.
+    #[test]
+    fn own_kernels_in_the_graph_find_each_vector_with_exact_scores() {
+        let data = vectors(400, 40);
+        for (metric, quantization) in [
+            (Metric::Cosine, Quantization::F16),
+            (Metric::Cosine, Quantization::F32),
+            (Metric::Dot, Quantization::F32),
+            (Metric::L2, Quantization::F16),
+        ] {
+            let params = IndexParams {
+                quantization,
+                ..IndexParams::default()
+            };
+            let form = StoredForm::of_new_graph(metric, quantization);
+            let mut usearch = graph(40, metric, &params, form, None).unwrap();
+            if !kernels::install_own(&mut usearch, metric, form, 40) {
+                eprintln!("no AVX2/FMA/F16C here: usearch's kernels only");
+                return;
+            }
+            let hnsw = Hnsw::with_graph(usearch, metric, form).unwrap();
+            for (key, v) in data.iter().enumerate() {
+                hnsw.insert(key as u64, v).unwrap();
+            }
+            let tolerance = if quantization == Quantization::F16 {
+                5e-3
+            } else {
+                1e-4
+            };
+            let mut stored = vec![0f32; 40];
+            for (key, v) in data.iter().enumerate().step_by(23) {
+                let hits = hnsw.search(v, 5, None).unwrap();
+                if metric != Metric::Dot {
+                    assert_eq!(hits[0].0, key as u64, "{metric:?} {quantization:?}");
+                }
+                for (found, score) in hits {
+                    assert!(hnsw.vector(found, &mut stored));
+                    let exact = Scorer::new(metric, v).score(&stored);
+                    assert!(
+                        (exact - score).abs() < tolerance,
+                        "{metric:?} {quantization:?}: {exact} vs {score}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A cosine graph saved before graphs held unit vectors keeps its vectors as given:
+    /// loaded as such, it still scores the exact cosine, old vectors and new alike.
+    #[test]
+    fn a_cosine_graph_of_vectors_as_given_scores_the_exact_cosine() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<Vec<f32>> = vectors(300, 24)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| v.iter().map(|x| x * (1 + i % 7) as f32).collect())
+            .collect();
+        let exact = IndexParams {
+            quantization: Quantization::F32,
+            ..IndexParams::default()
+        };
+        let as_given = StoredForm {
+            unit_length: false,
+            quantization: Quantization::F32,
+        };
+        let graph = graph(24, Metric::Cosine, &exact, as_given, None).unwrap();
+        let old = Hnsw::with_graph(graph, Metric::Cosine, as_given).unwrap();
+        for (key, v) in data.iter().enumerate().take(200) {
+            old.insert(key as u64, v).unwrap();
+        }
+        let path = dir.path().join("g.usearch");
+        old.save(&path).unwrap();
+        let loaded = Hnsw::load(&path, 24, Metric::Cosine, &exact, false).unwrap();
+        assert_eq!(loaded.form(), as_given);
+        for (key, v) in data.iter().enumerate().skip(200) {
+            loaded.insert(key as u64, v).unwrap();
+        }
+        let mut stored = vec![0f32; 24];
+        assert!(loaded.vector(250, &mut stored));
+        assert_eq!(stored, data[250], "held as given");
+        for query in data.iter().step_by(31) {
+            for (key, score) in loaded.search(query, 5, None).unwrap() {
+                let exact = Scorer::new(Metric::Cosine, query).score(&data[key as usize]);
+                assert!((exact - score).abs() < 1e-4, "{key}: {exact} vs {score}");
+            }
+        }
     }
 }

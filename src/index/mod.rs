@@ -7,10 +7,13 @@
 pub mod checkpoint;
 pub mod distance;
 mod hnsw;
+mod kernels;
 pub mod recall;
 pub mod space_index;
 
 use std::path::Path;
+
+use crate::space::Metric;
 
 pub use distance::Scorer;
 pub use hnsw::Hnsw;
@@ -57,14 +60,53 @@ pub const EF_CONSTRUCTION_DEFAULT: usize = 200;
 pub const EF_SEARCH_DEFAULT: usize = 64;
 
 impl Quantization {
-    /// `vector` as the graph stores it: the same values a graph search scores, so a
-    /// record scored from the log ranks as it will once it is indexed.
+    /// Each component as the graph stores it.
     pub fn round(self, vector: &mut [f32]) {
         if self == Quantization::F16 {
             for x in vector {
                 *x = half::f16::from_f32(*x).to_f32();
             }
         }
+    }
+}
+
+/// How a graph holds a vector. Recall brings a log record into the same form before it
+/// scores it, so where a record is found (log or graph) does not change its score.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredForm {
+    /// Scaled to unit length: a cosine graph's distance is then an inner product, a
+    /// third of the arithmetic (hnswlib does the same). Only f16 cosine graphs do this:
+    /// they hold a rounded copy anyway, while an f32 graph gives back exactly the vector
+    /// it was given (once checkpoints let the log drop a record, the graph holds the
+    /// only copy). Cosine graphs checkpointed before this hold their vectors as given
+    /// and are scored as a full cosine throughout.
+    pub unit_length: bool,
+    pub quantization: Quantization,
+}
+
+impl StoredForm {
+    /// The form a graph created now holds its vectors in.
+    pub fn of_new_graph(metric: Metric, quantization: Quantization) -> StoredForm {
+        StoredForm {
+            unit_length: metric == Metric::Cosine && quantization == Quantization::F16,
+            quantization,
+        }
+    }
+
+    /// `vector` as the graph stores it: the same values a graph search scores.
+    pub fn apply(self, vector: &mut [f32]) {
+        if self.unit_length {
+            scale_to_unit_length(vector);
+        }
+        self.quantization.round(vector);
+    }
+}
+
+/// Divides `vector` by its length; a zero vector stays zero (similar to nothing).
+pub fn scale_to_unit_length(vector: &mut [f32]) {
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        vector.iter_mut().for_each(|x| *x /= norm);
     }
 }
 
@@ -97,6 +139,8 @@ pub trait VectorIndex: Send + Sync {
         count: usize,
         filter: Option<&(dyn Fn(u64) -> bool + Sync)>,
     ) -> Result<Vec<(u64, f32)>, IndexError>;
+    /// How the graph holds vectors: what `vector` copies out.
+    fn form(&self) -> StoredForm;
     /// Copies the vector stored under `key` into `out`; false if there is none.
     fn vector(&self, key: u64, out: &mut [f32]) -> bool;
     fn contains(&self, key: u64) -> bool;

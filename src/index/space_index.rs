@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
-use super::{Hnsw, IndexError, IndexParams, Quantization, VectorIndex};
+use super::{Hnsw, IndexError, IndexParams, VectorIndex};
 use crate::space::Metric;
 use crate::wal::{Lsn, RecordCursor};
 
@@ -117,7 +117,6 @@ pub struct SpaceIndex {
     name: String,
     dim: u32,
     metric: Metric,
-    quantization: Quantization,
     graph: Box<dyn VectorIndex>,
     entries: RwLock<Entries>,
     progress: Arc<IndexProgress>,
@@ -134,10 +133,6 @@ impl SpaceIndex {
 
     pub fn metric(&self) -> Metric {
         self.metric
-    }
-
-    pub fn quantization(&self) -> Quantization {
-        self.quantization
     }
 
     pub fn graph(&self) -> &dyn VectorIndex {
@@ -290,7 +285,6 @@ impl SpaceIndexes {
             name: space.to_owned(),
             dim,
             metric,
-            quantization: self.params.quantization,
             graph: Box::new(Hnsw::new(dim, metric, &self.params)?),
             entries: RwLock::new(Entries::default()),
             progress: self.progress_of(space).clone(),
@@ -306,7 +300,6 @@ impl SpaceIndexes {
             name: checkpoint.space.clone(),
             dim: checkpoint.dim,
             metric: checkpoint.metric,
-            quantization: checkpoint.quantization,
             graph: Box::new(checkpoint.graph),
             entries: RwLock::new(Entries::from_entries(checkpoint.entries)),
         });

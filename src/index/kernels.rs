@@ -1,0 +1,308 @@
+//! The graph's distance kernels on x86-64 with AVX2, FMA and F16C.
+//!
+//! usearch's own f32 kernel (NumKong's `dot_f32_haswell`) widens every component to f64
+//! and adds four lanes at a time down one dependency chain, for precision this graph does
+//! not need; on this machine that left building and searching at 60-65% of hnswlib's rate
+//! (docs/performance.md, "Index candidates"). These kernels keep eight f32 lanes and four
+//! independent chains, for f32 and f16 vectors alike. Elsewhere usearch's kernels stay.
+//!
+//! The distances are usearch's own, so `Hnsw::score` converts either the same way:
+//! cosine and inner product as `1 - similarity`, L2 as the squared Euclidean distance.
+
+use super::{Quantization, StoredForm};
+use crate::space::Metric;
+
+/// Installs the kernel for `metric` over vectors of `dim` components held in `form`;
+/// false where usearch's stay (the same distances): on a CPU without the instructions,
+/// and in debug builds, where usearch's C++ is still compiled with -O3 but these kernels
+/// would run unoptimised and slow every test that indexes (the unit tests below and in
+/// hnsw.rs call them directly).
+pub fn install(graph: &mut usearch::Index, metric: Metric, form: StoredForm, dim: usize) -> bool {
+    !cfg!(debug_assertions) && install_own(graph, metric, form, dim)
+}
+
+/// Installs this module's kernel whatever the build; false where the CPU lacks the
+/// instructions.
+pub fn install_own(
+    graph: &mut usearch::Index,
+    metric: Metric,
+    form: StoredForm,
+    dim: usize,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        let half = form.quantization == Quantization::F16;
+        // Between unit vectors the cosine distance is the inner product's.
+        let metric = match metric {
+            Metric::Cosine if form.unit_length => Metric::Dot,
+            other => other,
+        };
+        match (half, metric) {
+            (false, Metric::Cosine) => graph.change_metric(avx2::kernel::<false, COSINE, f32>(dim)),
+            (false, Metric::Dot) => graph.change_metric(avx2::kernel::<false, DOT, f32>(dim)),
+            (false, Metric::L2) => graph.change_metric(avx2::kernel::<false, L2, f32>(dim)),
+            (true, Metric::Cosine) => {
+                graph.change_metric(avx2::kernel::<true, COSINE, usearch::f16>(dim))
+            }
+            (true, Metric::Dot) => {
+                graph.change_metric(avx2::kernel::<true, DOT, usearch::f16>(dim))
+            }
+            (true, Metric::L2) => graph.change_metric(avx2::kernel::<true, L2, usearch::f16>(dim)),
+        }
+        return true;
+    }
+    let _ = (graph, metric, form, dim);
+    false
+}
+
+// The distance a kernel computes, as a const parameter so each kernel is compiled alone.
+const COSINE: u8 = 0;
+const DOT: u8 = 1;
+const L2: u8 = 2;
+
+/// The distance from the three sums a kernel gathers: a·b, a·a and b·b, or for L2 the
+/// squared differences in the first.
+fn finish<const FORM: u8>(ab: f32, aa: f32, bb: f32) -> f32 {
+    match FORM {
+        COSINE => {
+            let norms = (aa * bb).sqrt();
+            // As `Scorer`: a zero vector is similar to nothing.
+            if norms == 0.0 {
+                1.0
+            } else {
+                1.0 - ab / norms
+            }
+        }
+        DOT => 1.0 - ab,
+        _ => ab,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{finish, COSINE, L2};
+
+    /// Eight f32 lanes in a register; four registers summed independently, so one
+    /// FMA's latency does not hold up the next.
+    const WIDTH: usize = 8;
+    const CHAINS: usize = 4;
+    const CACHE_LINE: usize = 64;
+
+    pub fn available() -> bool {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+
+    /// The closure usearch calls with two stored vectors: `f32` components, or `f16`
+    /// ones when `HALF`.
+    pub fn kernel<const HALF: bool, const FORM: u8, T>(
+        dim: usize,
+    ) -> Box<dyn Fn(*const T, *const T) -> f32 + Send + Sync> {
+        assert!(
+            available(),
+            "the AVX2 kernels run only where the CPU has them"
+        );
+        // SAFETY: usearch passes two vectors of the graph's `dim` components, stored as
+        // the graph's scalar kind, which `install` matched to `HALF`; `available` checked
+        // the instructions the kernel is compiled for.
+        Box::new(move |a, b| unsafe { distance::<HALF, FORM>(a.cast(), b.cast(), dim) })
+    }
+
+    /// Eight components from `base`, component `at` on, as f32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load<const HALF: bool>(base: *const u8, at: usize) -> __m256 {
+        if HALF {
+            _mm256_cvtph_ps(_mm_loadu_si128(base.add(at * 2).cast()))
+        } else {
+            _mm256_loadu_ps(base.add(at * 4).cast())
+        }
+    }
+
+    /// One component, for the tail past the last whole register.
+    unsafe fn scalar<const HALF: bool>(base: *const u8, at: usize) -> f32 {
+        if HALF {
+            half::f16::from_bits(base.add(at * 2).cast::<u16>().read_unaligned()).to_f32()
+        } else {
+            base.add(at * 4).cast::<f32>().read_unaligned()
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn horizontal_sum(chains: [__m256; CHAINS]) -> f32 {
+        let pairs = _mm256_add_ps(
+            _mm256_add_ps(chains[0], chains[1]),
+            _mm256_add_ps(chains[2], chains[3]),
+        );
+        let quad = _mm_add_ps(
+            _mm256_castps256_ps128(pairs),
+            _mm256_extractf128_ps(pairs, 1),
+        );
+        let duo = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+        _mm_cvtss_f32(_mm_add_ss(duo, _mm_shuffle_ps(duo, duo, 1)))
+    }
+
+    /// Adds one register of both vectors to chain `c` of the sums.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn step<const FORM: u8>(
+        x: __m256,
+        y: __m256,
+        c: usize,
+        ab: &mut [__m256; CHAINS],
+        aa: &mut [__m256; CHAINS],
+        bb: &mut [__m256; CHAINS],
+    ) {
+        if FORM == L2 {
+            let d = _mm256_sub_ps(x, y);
+            ab[c] = _mm256_fmadd_ps(d, d, ab[c]);
+        } else {
+            ab[c] = _mm256_fmadd_ps(x, y, ab[c]);
+            if FORM == COSINE {
+                aa[c] = _mm256_fmadd_ps(x, x, aa[c]);
+                bb[c] = _mm256_fmadd_ps(y, y, bb[c]);
+            }
+        }
+    }
+
+    /// # Safety
+    /// `a` and `b` point at `dim` readable components each (f16 when `HALF`, else f32),
+    /// and the CPU has AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn distance<const HALF: bool, const FORM: u8>(
+        a: *const u8,
+        b: *const u8,
+        dim: usize,
+    ) -> f32 {
+        // The candidate `b` is usually far from cache (a neighbour met in the graph): ask
+        // for all its lines at once, rather than one miss after the other.
+        let bytes = dim * if HALF { 2 } else { 4 };
+        let mut line = 0;
+        while line < bytes {
+            _mm_prefetch::<_MM_HINT_T0>(b.add(line).cast());
+            line += CACHE_LINE;
+        }
+        let zero = _mm256_setzero_ps();
+        let (mut ab, mut aa, mut bb) = ([zero; CHAINS], [zero; CHAINS], [zero; CHAINS]);
+        let mut at = 0;
+        while at + WIDTH * CHAINS <= dim {
+            for c in 0..CHAINS {
+                let (x, y) = (load::<HALF>(a, at), load::<HALF>(b, at));
+                step::<FORM>(x, y, c, &mut ab, &mut aa, &mut bb);
+                at += WIDTH;
+            }
+        }
+        while at + WIDTH <= dim {
+            let (x, y) = (load::<HALF>(a, at), load::<HALF>(b, at));
+            step::<FORM>(x, y, 0, &mut ab, &mut aa, &mut bb);
+            at += WIDTH;
+        }
+        let (mut ab, mut aa, mut bb) = (horizontal_sum(ab), horizontal_sum(aa), horizontal_sum(bb));
+        for i in at..dim {
+            let (x, y) = (scalar::<HALF>(a, i), scalar::<HALF>(b, i));
+            if FORM == L2 {
+                ab += (x - y) * (x - y);
+            } else {
+                ab += x * y;
+                aa += x * x;
+                bb += y * y;
+            }
+        }
+        finish::<FORM>(ab, aa, bb)
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::index::Scorer;
+
+    fn vector(dim: usize, seed: u64) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..dim).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+    }
+
+    /// usearch's distance from `Scorer`'s exact score, as `Hnsw::score` inverts it.
+    fn expected(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
+        let score = Scorer::new(metric, a).score(b);
+        match metric {
+            Metric::Cosine | Metric::Dot => 1.0 - score,
+            Metric::L2 => score * score,
+        }
+    }
+
+    fn kernel_distance(half: bool, metric: Metric, a: &[f32], b: &[f32]) -> f32 {
+        let dim = a.len();
+        // SAFETY: both vectors hold `dim` components of the element type given; the
+        // test runs only where `available` says the instructions exist.
+        unsafe {
+            if half {
+                let a: Vec<u16> = a
+                    .iter()
+                    .map(|x| half::f16::from_f32(*x).to_bits())
+                    .collect();
+                let b: Vec<u16> = b
+                    .iter()
+                    .map(|x| half::f16::from_f32(*x).to_bits())
+                    .collect();
+                let (a, b) = (a.as_ptr().cast(), b.as_ptr().cast());
+                match metric {
+                    Metric::Cosine => avx2::distance::<true, COSINE>(a, b, dim),
+                    Metric::Dot => avx2::distance::<true, DOT>(a, b, dim),
+                    Metric::L2 => avx2::distance::<true, L2>(a, b, dim),
+                }
+            } else {
+                let (a, b) = (a.as_ptr().cast(), b.as_ptr().cast());
+                match metric {
+                    Metric::Cosine => avx2::distance::<false, COSINE>(a, b, dim),
+                    Metric::Dot => avx2::distance::<false, DOT>(a, b, dim),
+                    Metric::L2 => avx2::distance::<false, L2>(a, b, dim),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_matches_the_exact_score_at_every_tail_length() {
+        if !avx2::available() {
+            eprintln!("no AVX2/FMA/F16C here: usearch's kernels stay, nothing to compare");
+            return;
+        }
+        // Whole chains, whole registers and scalar tails, alone and together.
+        for dim in [1, 7, 8, 9, 31, 32, 33, 40, 100, 384, 1536] {
+            for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+                let (a, b) = (vector(dim, dim as u64), vector(dim, dim as u64 + 1));
+                let exact = expected(metric, &a, &b);
+                let f32_kernel = kernel_distance(false, metric, &a, &b);
+                let tolerance = 1e-4 * (1.0 + exact.abs());
+                assert!(
+                    (f32_kernel - exact).abs() <= tolerance,
+                    "f32 {metric:?} dim {dim}: {f32_kernel} vs {exact}"
+                );
+                // f16 rounds each component by up to 2^-11 of itself.
+                let f16_kernel = kernel_distance(true, metric, &a, &b);
+                let tolerance = 2e-3 * (1.0 + exact.abs()) * (dim as f32).sqrt();
+                assert!(
+                    (f16_kernel - exact).abs() <= tolerance,
+                    "f16 {metric:?} dim {dim}: {f16_kernel} vs {exact}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_zero_vector_is_similar_to_nothing_under_cosine() {
+        if !avx2::available() {
+            return;
+        }
+        let zero = vec![0f32; 40];
+        let other = vector(40, 7);
+        assert_eq!(kernel_distance(false, Metric::Cosine, &zero, &other), 1.0);
+        assert_eq!(kernel_distance(true, Metric::Cosine, &other, &zero), 1.0);
+    }
+}
