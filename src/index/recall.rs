@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use super::distance::Scorer;
 use super::space_index::SpaceIndex;
-use super::{IndexError, SpaceIndexes};
+use super::{IndexError, SpaceIndexes, StoredForm};
 use crate::observation::Observation;
 use crate::space::Metric;
 use crate::wal::{Lsn, Record, RecordKind, WalError, WalReader};
@@ -129,9 +129,10 @@ pub fn recall(
     let index = indexes.get(&query.space);
     // Log records are scored as the graph stores them, so that where a record is found
     // (log or graph) does not change its score: AsOf stays repeatable as indexing moves.
-    let quantization = index
-        .as_ref()
-        .map_or(indexes.params().quantization, |i| i.quantization());
+    let form = index.as_ref().map_or(
+        StoredForm::of_new_graph(metric, indexes.params().quantization),
+        |i| i.graph().form(),
+    );
     let scorer = Scorer::new(metric, &query.embedding);
     let mut candidates = match &index {
         None => Vec::new(),
@@ -168,7 +169,7 @@ pub fn recall(
                 continue;
             }
             let mut vector = obs.embedding().into_owned();
-            quantization.round(&mut vector);
+            form.apply(&mut vector);
             candidates.push(Candidate {
                 score: scorer.score(&vector),
                 lsn: record.lsn,
@@ -251,10 +252,20 @@ fn from_graph(
             index.graph().search(&query.embedding, count, Some(&keep))?
         }
     };
+    // The graph ranks by its own arithmetic (the query rounded to f16, a cosine as the inner
+    // product of unit vectors). Each hit is scored again exactly, as a log record is: a
+    // record scores the same wherever it is found, and near-duplicates within f16's
+    // precision are ordered by their true similarity (a stored vector finds itself first).
+    let mut vector = vec![0f32; index.dim() as usize];
     Ok(hits
         .into_iter()
-        .filter_map(|(key, score)| {
+        .filter_map(|(key, graph_score)| {
             let entry = entries.get(key)?;
+            let score = if index.graph().vector(key, &mut vector) {
+                scorer.score(&vector)
+            } else {
+                graph_score
+            };
             Some(Candidate {
                 score,
                 lsn: entry.lsn,

@@ -184,8 +184,9 @@ impl Engine {
         )
     }
 
-    /// The embedding stored with (space, id): from the index, or from the log if it is
-    /// not indexed yet.
+    /// The embedding stored with (space, id): as sent, from the log while it still holds
+    /// the record; after checkpoints let the log drop it, as the graph holds it (rounded
+    /// to f16 by default, at unit length in a cosine space: the same recall either way).
     pub fn embedding_of(&self, space: &str, id: &str) -> Result<Vec<f32>, RecallError> {
         if self.spaces.shape(space).is_none() {
             return Err(RecallError::UnknownSpace {
@@ -196,6 +197,11 @@ impl Engine {
             space: space.to_owned(),
             id: id.to_owned(),
         };
+        let lsn = self.dedupe.durable(space, id).ok_or_else(unknown)?;
+        let from_log = self.logged_embedding(lsn);
+        if let Ok(Some(embedding)) = from_log {
+            return Ok(embedding);
+        }
         if let Some(index) = self.indexes.get(space) {
             if let Some(key) = index.key_of(id) {
                 let mut vector = vec![0f32; index.dim() as usize];
@@ -204,18 +210,24 @@ impl Engine {
                 }
             }
         }
-        let lsn = self.dedupe.durable(space, id).ok_or_else(unknown)?;
-        let record = self
-            .wal
-            .reader()
-            .cursor(lsn)
-            .read_next()?
-            .ok_or_else(unknown)?;
+        // Neither holds it: the log's error, if reading it failed, says why.
+        from_log?.ok_or_else(unknown)
+    }
+
+    /// The embedding of the observation at `lsn`; None once the log no longer holds it.
+    fn logged_embedding(&self, lsn: Lsn) -> Result<Option<Vec<f32>>, RecallError> {
+        let reader = self.wal.reader();
+        if lsn < reader.oldest_lsn() {
+            return Ok(None);
+        }
+        let Some(record) = reader.cursor(lsn).read_next()? else {
+            return Ok(None);
+        };
         let obs = Observation::view(record.payload()).map_err(|e| RecallError::BadRecord {
             lsn,
             reason: e.to_string(),
         })?;
-        Ok(obs.embedding().into_owned())
+        Ok(Some(obs.embedding().into_owned()))
     }
 
     pub fn indexes(&self) -> &Arc<SpaceIndexes> {
