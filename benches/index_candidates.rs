@@ -5,10 +5,15 @@
 //!
 //!   cargo bench --features index-candidates --bench index_candidates
 //!
-//! scripts/bench-index.sh runs it together with hnswlib (C++, from PyPI) on the same data.
+//! Candidates: engram's own graph (usearch with engram's distance kernels) at the bench's
+//! inner product and f32, and at the server's defaults (cosine, f16); usearch as it ships;
+//! hnsw_rs. scripts/bench-index.sh runs it together with hnswlib (C++, from PyPI) on the same data.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+use engram::index::{IndexParams, Quantization, VectorIndex};
+use engram::space::Metric;
 
 const DIM: usize = 384;
 const M: usize = 16;
@@ -110,6 +115,41 @@ impl Candidate for USearch {
     }
 }
 
+/// The graph engram serves from: usearch with this crate's distance kernels, behind the
+/// index trait (its locks and caller slots included).
+struct Engram {
+    graph: engram::index::Hnsw,
+    name: &'static str,
+}
+
+impl Candidate for Engram {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn insert(&self, data: &Data, start: usize, end: usize) {
+        for (i, row) in data.rows().enumerate().take(end).skip(start) {
+            self.graph.insert(i as u64, row).unwrap();
+        }
+    }
+    fn search(&self, query: &[f32]) -> Vec<usize> {
+        let found = self.graph.search(query, K, None).unwrap();
+        found.into_iter().map(|(k, _)| k as usize).collect()
+    }
+}
+
+fn engram_graph(metric: Metric, quantization: Quantization, name: &'static str) -> Engram {
+    let params = IndexParams {
+        m: M,
+        ef_construction: EF_CONSTRUCTION,
+        ef_search: EF_SEARCH,
+        quantization,
+    };
+    Engram {
+        graph: engram::index::Hnsw::new(DIM as u32, metric, &params).unwrap(),
+        name,
+    }
+}
+
 fn measure(candidate: &dyn Candidate, data: &Data) -> serde_json::Value {
     let n = data.base.len() / DIM;
     let started = Instant::now();
@@ -164,7 +204,28 @@ fn main() {
     index.reserve_capacity_and_threads(n, THREADS).unwrap();
     let usearch = USearch(index);
 
-    for candidate in [&usearch as &dyn Candidate, &hnsw] {
+    let engram_ip = engram_graph(
+        Metric::Dot,
+        Quantization::F32,
+        "engram (usearch + own kernels, IP, f32)",
+    );
+    let engram_default = engram_graph(
+        Metric::Cosine,
+        Quantization::F16,
+        "engram (cosine, f16: the defaults)",
+    );
+    for candidate in [
+        &engram_ip as &dyn Candidate,
+        &engram_default,
+        &usearch,
+        &hnsw,
+    ] {
+        // ENGRAM_BENCH_ONLY=text runs only the candidates whose name holds it (profiling).
+        if let Ok(only) = std::env::var("ENGRAM_BENCH_ONLY") {
+            if !candidate.name().contains(&only) {
+                continue;
+            }
+        }
         println!("{}", measure(candidate, &data));
     }
 }
