@@ -102,10 +102,12 @@ struct Candidate {
 }
 
 /// Answers `query`. `shape` is the space's dimension and metric as ingest knows them
-/// (`None`: no such space).
+/// (`None`: no such space); `newest` the LSN of its newest stored observation, which
+/// ingest records before acknowledging any observation up to it.
 pub fn recall(
     indexes: &SpaceIndexes,
     shape: Option<(u32, Metric)>,
+    newest: Lsn,
     reader: &WalReader,
     query: &RecallQuery,
 ) -> Result<Recalled, RecallError> {
@@ -119,7 +121,11 @@ pub fn recall(
     let tail = progress.resume_cursor();
     let indexed = tail.as_ref().map_or(Lsn::ZERO, |c| c.next_lsn().prev());
     let target = match query.consistency {
-        Consistency::ReadYourWrites => durable,
+        // Every acknowledged observation of the space is at or below its newest LSN: the
+        // log past it holds only other spaces' records (or this space's not yet
+        // acknowledged), so a space that is not being written costs no scan however fast
+        // another one streams.
+        Consistency::ReadYourWrites => durable.min(newest.max(indexed)),
         Consistency::AsOf(as_of) if as_of > durable => {
             return Err(RecallError::FutureLsn { as_of, durable })
         }
@@ -305,4 +311,84 @@ fn hit(index: Option<&SpaceIndex>, candidate: Candidate) -> Result<RecallHit, Re
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::IndexParams;
+    use crate::synthetic::{observation, Distribution};
+    use crate::wal::{Entry, Wal, WalConfig};
+
+    const DIM: usize = 8;
+
+    fn append(wal: &Wal, space: &str, range: std::ops::Range<u64>) -> Lsn {
+        let entries = range
+            .map(|n| Entry {
+                kind: RecordKind::Observation,
+                payload: observation(3, space, "o-", n, DIM, Distribution::Uniform).to_payload(),
+            })
+            .collect();
+        wal.append_blocking(entries).unwrap().last
+    }
+
+    fn query(space: &str, n: u64) -> RecallQuery {
+        let mut query = RecallQuery::new(
+            space,
+            observation(3, space, "o-", n, DIM, Distribution::Uniform).embedding,
+            3,
+        );
+        query.consistency = Consistency::ReadYourWrites;
+        query
+    }
+
+    /// Nothing is indexed here (no workers run), so every record is in the log's tail.
+    #[test]
+    fn read_your_writes_scans_the_tail_only_up_to_the_spaces_newest_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), WalConfig::default()).unwrap();
+        let indexes = SpaceIndexes::new(IndexParams::default(), 1);
+        let quiet_newest = append(&wal, "quiet", 0..5);
+        let busy_newest = append(&wal, "busy", 0..500);
+        let shape = Some((DIM as u32, Metric::Cosine));
+
+        let quiet = recall(
+            &indexes,
+            shape,
+            quiet_newest,
+            &wal.reader(),
+            &query("quiet", 2),
+        )
+        .unwrap();
+        assert_eq!(
+            quiet.scanned, 5,
+            "the busy space's 500 records are not read"
+        );
+        assert_eq!(
+            quiet.as_of, quiet_newest,
+            "what the answer reflects, truthfully"
+        );
+        assert_eq!(
+            quiet.hits[0].id, "o-2",
+            "the quiet space's own records are all there"
+        );
+
+        let busy = recall(
+            &indexes,
+            shape,
+            busy_newest,
+            &wal.reader(),
+            &query("busy", 480),
+        )
+        .unwrap();
+        assert_eq!(busy.scanned, 505);
+        assert_eq!(busy.as_of, busy_newest);
+        assert_eq!(busy.hits[0].id, "o-480");
+
+        // A snapshot is exact at the LSN asked, whatever the space's newest record.
+        let mut snapshot = query("quiet", 2);
+        snapshot.consistency = Consistency::AsOf(busy_newest);
+        let at = recall(&indexes, shape, quiet_newest, &wal.reader(), &snapshot).unwrap();
+        assert_eq!((at.scanned, at.as_of), (505, busy_newest));
+    }
 }

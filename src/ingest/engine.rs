@@ -179,6 +179,7 @@ impl Engine {
         recall(
             &self.indexes,
             self.spaces.shape(&query.space),
+            self.spaces.newest_lsn(&query.space),
             &self.wal.reader(),
             query,
         )
@@ -412,7 +413,9 @@ impl SubmittedBatch {
                         claims.len() as u64,
                         "one record per claimed observation"
                     );
-                    claims.commit(range.first);
+                    // Each space's newest LSN before the claims wake anyone: a duplicate
+                    // waiting on them is acknowledged next, and a read-your-writes recall
+                    // scans a space's log tail only up to its newest LSN.
                     let mut next = range.first.0;
                     for (space, n) in &claimed_spaces {
                         next += n;
@@ -424,6 +427,7 @@ impl SubmittedBatch {
                                 .inc_by(*n);
                         }
                     }
+                    claims.commit(range.first);
                 }
                 // Dropping the claims frees the keys for a retry.
                 Err(e @ WalError::StorageFull { .. }) => {

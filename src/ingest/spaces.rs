@@ -156,6 +156,12 @@ impl SpaceRegistry {
         self.read().get(space).map(|s| (s.dim, s.metric))
     }
 
+    /// The LSN of the space's newest stored observation (0 if none), recorded before any
+    /// observation up to it is acknowledged.
+    pub fn newest_lsn(&self, space: &str) -> Lsn {
+        self.read().get(space).map_or(Lsn::ZERO, |s| s.last_lsn)
+    }
+
     /// Every space, by name.
     pub fn summaries(&self) -> Vec<SpaceSummary> {
         let mut all: Vec<SpaceSummary> = self
