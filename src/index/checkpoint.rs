@@ -460,7 +460,26 @@ mod tests {
     use crate::index::SpaceIndexes;
 
     fn space_with(indexes: &SpaceIndexes, n: u64) -> std::sync::Arc<SpaceIndex> {
-        let space = indexes.get_or_create("s", 4, Metric::L2).unwrap();
+        space_of(indexes, "s", Metric::L2, n)
+    }
+
+    /// The LSNs the checkpoints in a space's folder cover, newest first.
+    fn covered_on_disk(dir: &Path) -> Vec<Lsn> {
+        checkpoints_in(dir)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.0)
+            .collect()
+    }
+
+    /// Space `name` holding records 1 to `n`, at LSNs 1 to `n`.
+    fn space_of(
+        indexes: &SpaceIndexes,
+        name: &str,
+        metric: Metric,
+        n: u64,
+    ) -> std::sync::Arc<SpaceIndex> {
+        let space = indexes.get_or_create(name, 4, metric).unwrap();
         for i in space.len() as u64..n {
             let key = match space.admit(&format!("id-{i}"), Lsn(i + 1), 7, 0.5, "text") {
                 super::super::Admission::New(key) => key,
@@ -476,14 +495,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let params = IndexParams::default();
         let indexes = SpaceIndexes::new(params, 1);
-        let space = indexes.get_or_create("c", 4, Metric::Cosine).unwrap();
-        for i in 0..10u64 {
-            let key = match space.admit(&format!("id-{i}"), Lsn(i + 1), 7, 0.5, "text") {
-                super::super::Admission::New(key) => key,
-                other => panic!("{other:?}"),
-            };
-            space.insert(key, &[i as f32, 1.0, 2.0, 3.0]).unwrap();
-        }
+        let space = space_of(&indexes, "c", Metric::Cosine, 10);
         assert!(space.graph().form().unit_length);
         let written = write_checkpoint(root.path(), &space, Lsn(10), &params).unwrap();
         let loaded = load_checkpoints(root.path()).unwrap();
@@ -515,12 +527,7 @@ mod tests {
         let kept = write_checkpoint(root.path(), &space, Lsn(20), &params).unwrap();
         assert_eq!(kept, newest);
         let dir = space_dir(root.path(), "s");
-        let on_disk: Vec<Lsn> = checkpoints_in(&dir)
-            .unwrap()
-            .into_iter()
-            .map(|c| c.0)
-            .collect();
-        assert_eq!(on_disk, vec![Lsn(30)]);
+        assert_eq!(covered_on_disk(&dir), vec![Lsn(30)]);
     }
 
     #[test]
@@ -533,12 +540,7 @@ mod tests {
             write_checkpoint(root.path(), &space, Lsn(n), &params).unwrap();
         }
         let dir = space_dir(root.path(), "s");
-        let kept: Vec<Lsn> = checkpoints_in(&dir)
-            .unwrap()
-            .into_iter()
-            .map(|c| c.0)
-            .collect();
-        assert_eq!(kept, vec![Lsn(30), Lsn(20)]);
+        assert_eq!(covered_on_disk(&dir), vec![Lsn(30), Lsn(20)]);
         assert_eq!(fallback_lsn(root.path(), "s").unwrap(), Some(Lsn(20)));
         std::fs::create_dir(dir.join("tmp-00000000000000000040")).unwrap();
 
