@@ -1,7 +1,7 @@
 //! The HNSW libraries issue 4 chooses between, on the same real data and parameters:
-//! build rate with 2 threads, single-thread query rate and recall@10 against the exact
-//! ground truth of `../shared/data/minilm-docs-384` (23,000 all-MiniLM-L6-v2 vectors,
-//! 1,000 queries). Vectors are unit length, so every library uses inner product.
+//! build rate with 2 threads (`ENGRAM_BENCH_BUILD_THREADS` to change), single-thread
+//! query rate and recall@10 against the exact ground truth of
+//! `../shared/data/minilm-docs-384` (23,000 all-MiniLM-L6-v2 vectors, 1,000 queries). Vectors are unit length, so every library uses inner product.
 //!
 //!   cargo bench --features index-candidates --bench index_candidates
 //!
@@ -20,7 +20,13 @@ const M: usize = 16;
 const EF_CONSTRUCTION: usize = 200;
 const EF_SEARCH: usize = 64;
 const K: usize = 10;
-const THREADS: usize = 2;
+/// Build threads: 2 (the machine's cores), or `ENGRAM_BENCH_BUILD_THREADS`.
+fn build_threads() -> usize {
+    std::env::var("ENGRAM_BENCH_BUILD_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+}
 
 struct Data {
     base: Vec<f32>,
@@ -73,7 +79,7 @@ impl Data {
 /// One library behind the two operations measured.
 trait Candidate: Sync {
     fn name(&self) -> &'static str;
-    /// Inserts rows `[start, end)` of `data`; called from `THREADS` threads at once.
+    /// Inserts rows `[start, end)` of `data`; called from `build_threads()` threads at once.
     fn insert(&self, data: &Data, start: usize, end: usize);
     fn search(&self, query: &[f32]) -> Vec<usize>;
 }
@@ -154,8 +160,9 @@ fn measure(candidate: &dyn Candidate, data: &Data) -> serde_json::Value {
     let n = data.base.len() / DIM;
     let started = Instant::now();
     std::thread::scope(|s| {
-        for t in 0..THREADS {
-            let (start, end) = (n * t / THREADS, n * (t + 1) / THREADS);
+        let threads = build_threads();
+        for t in 0..threads {
+            let (start, end) = (n * t / threads, n * (t + 1) / threads);
             s.spawn(move || candidate.insert(data, start, end));
         }
     });
@@ -201,7 +208,9 @@ fn main() {
         multi: false,
     };
     let index = usearch::Index::new(&options).unwrap();
-    index.reserve_capacity_and_threads(n, THREADS).unwrap();
+    index
+        .reserve_capacity_and_threads(n, build_threads())
+        .unwrap();
     let usearch = USearch(index);
 
     let engram_ip = engram_graph(

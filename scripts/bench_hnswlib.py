@@ -9,7 +9,9 @@ import time
 import hnswlib
 import numpy as np
 
-DIM, M, EF_CONSTRUCTION, EF_SEARCH, K, THREADS = 384, 16, 200, 64, 10, 2
+DIM, M, EF_CONSTRUCTION, EF_SEARCH, K = 384, 16, 200, 64, 10
+# Build threads, as benches/index_candidates.rs: 2, or ENGRAM_BENCH_BUILD_THREADS.
+THREADS = int(os.environ.get("ENGRAM_BENCH_BUILD_THREADS", "2"))
 data_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "data", "minilm-docs-384")
 base = np.fromfile(os.path.join(data_dir, "base.f32"), dtype="<f4").reshape(-1, DIM)
