@@ -12,9 +12,6 @@ cd "$(dirname "$0")/.."
 count=${1:-200000}
 rate=${2:-50000}
 cargo build --release --bin engram --bin engram-load >&2
-dir=$(mktemp -d)
-server=""
-trap 'kill "$server" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 source scripts/release-server.sh
 for batch in 10 50 100 500 1000 4096; do
   rm -rf "$dir/data"

@@ -18,9 +18,6 @@ rounds=${2:-3}
 dim=${3:-384}
 cargo build --release --bin engram --bin engram-load >&2
 source scripts/release-server.sh
-dir=$(mktemp -d)
-server=""
-trap 'kill "$server" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 run() {
   local mode=$1 n=$2
   local data="$dir/$mode-$n"

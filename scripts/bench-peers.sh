@@ -27,9 +27,6 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 cargo build --release --features peers --bin engram --bin engram-load >&2
 
-dir=$(mktemp -d)
-server=""
-trap 'kill "$server" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 source scripts/release-server.sh
 results="$dir/results.jsonl"
 

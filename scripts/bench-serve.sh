@@ -12,9 +12,6 @@ count=${1:-300000}
 rate=${2:-50000}
 dim=${3:-384}
 cargo build --release --bin engram --bin engram-load >&2
-dir=$(mktemp -d)
-server=""
-trap 'kill "$server" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 source scripts/release-server.sh
 # Ingest alone: the index lag bound would otherwise hold the stream to the indexing rate.
 start_release_server "$dir/data" "$dir/server.log" --index-lag-max "$((8 * count))"

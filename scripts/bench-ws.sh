@@ -13,9 +13,6 @@ count=${1:-50000}
 rounds=${2:-3}
 dim=${3:-384}
 cargo build --release --bin engram --bin engram-load >&2
-dir=$(mktemp -d)
-server=""
-trap 'kill "$server" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 source scripts/release-server.sh
 start_release_server "$dir/data" "$dir/log" --index-lag-max "$((4 * count * rounds))"
 quic=$quic_addr http=$http_addr

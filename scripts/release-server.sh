@@ -1,10 +1,15 @@
-# Sourced by the bench scripts: a release engram server on a fresh data directory.
+# Sourced by the bench scripts: a scratch directory `dir`, removed on exit with the server
+# still running in it, and a release engram server on a fresh data directory.
 #
 #   start_release_server DATA_DIR LOG [SERVE FLAGS...]
 #
 # Starts `target/release/engram serve` on free loopback ports and waits until it says it
 # is up; sets `server` (its pid), `quic_addr` and `http_addr`. Fails with the log if it
 # does not come up.
+dir=$(mktemp -d)
+server=""
+trap 'kill "$server" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+
 start_release_server() {
   local data=$1 log=$2
   shift 2
