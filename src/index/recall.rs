@@ -351,15 +351,11 @@ mod tests {
         let quiet_newest = append(&wal, "quiet", 0..5);
         let busy_newest = append(&wal, "busy", 0..500);
         let shape = Some((DIM as u32, Metric::Cosine));
+        let answer = |newest: Lsn, query: &RecallQuery| {
+            recall(&indexes, shape, newest, &wal.reader(), query).unwrap()
+        };
 
-        let quiet = recall(
-            &indexes,
-            shape,
-            quiet_newest,
-            &wal.reader(),
-            &query("quiet", 2),
-        )
-        .unwrap();
+        let quiet = answer(quiet_newest, &query("quiet", 2));
         assert_eq!(
             quiet.scanned, 5,
             "the busy space's 500 records are not read"
@@ -373,14 +369,7 @@ mod tests {
             "the quiet space's own records are all there"
         );
 
-        let busy = recall(
-            &indexes,
-            shape,
-            busy_newest,
-            &wal.reader(),
-            &query("busy", 480),
-        )
-        .unwrap();
+        let busy = answer(busy_newest, &query("busy", 480));
         assert_eq!(busy.scanned, 505);
         assert_eq!(busy.as_of, busy_newest);
         assert_eq!(busy.hits[0].id, "o-480");
@@ -388,7 +377,7 @@ mod tests {
         // A snapshot is exact at the LSN asked, whatever the space's newest record.
         let mut snapshot = query("quiet", 2);
         snapshot.consistency = Consistency::AsOf(busy_newest);
-        let at = recall(&indexes, shape, quiet_newest, &wal.reader(), &snapshot).unwrap();
+        let at = answer(quiet_newest, &snapshot);
         assert_eq!((at.scanned, at.as_of), (505, busy_newest));
     }
 }
