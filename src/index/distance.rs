@@ -26,7 +26,7 @@ fn sum_lanes(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
     sums.iter().sum::<f32>() + tail
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     sum_lanes(a, b, |x, y| x * y)
 }
 

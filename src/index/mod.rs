@@ -104,7 +104,7 @@ impl StoredForm {
 
 /// Divides `vector` by its length; a zero vector stays zero (similar to nothing).
 pub fn scale_to_unit_length(vector: &mut [f32]) {
-    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let norm = distance::dot(vector, vector).sqrt();
     if norm > 0.0 {
         vector.iter_mut().for_each(|x| *x /= norm);
     }
