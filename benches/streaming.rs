@@ -28,6 +28,7 @@ const DIM: &str = "384";
 struct Server {
     child: Child,
     quic: String,
+    http: String,
     cert: String,
     _data: tempfile::TempDir,
 }
@@ -59,18 +60,43 @@ impl Server {
             .expect("the server comes up");
         // Keep reading its log, so that it never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        let quic = up
-            .split("quic_addr=")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .expect("quic_addr in the log")
-            .to_owned();
+        let address = |key: &str| {
+            up.split(key)
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .unwrap_or_else(|| panic!("{key} in the log"))
+                .to_owned()
+        };
+        let (quic, http) = (address("quic_addr="), address("http_addr="));
         let cert = data.path().join("tls/cert.der").display().to_string();
         Server {
             child,
             quic,
+            http,
             cert,
             _data: data,
+        }
+    }
+
+    /// Waits until `space` has nothing durable left to index, by its lag in /metrics.
+    fn wait_indexed(&self, space: &str) {
+        use std::io::{Read, Write};
+        let series = format!("engram_index_lag_records{{space=\"{space}\"}} 0\n");
+        loop {
+            let mut stream = std::net::TcpStream::connect(&self.http).expect("the HTTP port");
+            write!(
+                stream,
+                "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n",
+                self.http
+            )
+            .unwrap();
+            let mut page = String::new();
+            stream.read_to_string(&mut page).expect("a metrics page");
+            if page.contains(&series) {
+                return;
+            }
+            // Polling the lag: a bench's wait, not a test's synchronisation.
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -200,7 +226,7 @@ fn concurrent_recall(c: &mut Criterion) {
     let vectors = setting("ENGRAM_BENCH_RECALL_SPACE", 100_000);
     let rate = setting("ENGRAM_BENCH_STREAM_RATE", 50_000);
     let server = Server::start(&[]);
-    // The space recalled from, indexed before the clock runs.
+    // The space recalled from, stored and indexed before the clock runs.
     let filled = server.load(&[
         "--count",
         &vectors.to_string(),
@@ -211,7 +237,8 @@ fn concurrent_recall(c: &mut Criterion) {
         "--distribution",
         "clustered",
     ]);
-    eprintln!("concurrent_recall filled {filled}");
+    server.wait_indexed("recalled");
+    eprintln!("concurrent_recall filled and indexed {filled}");
     let mut group = c.benchmark_group("concurrent_recall");
     group.sample_size(10);
     // Each read-your-writes recall scans the records not yet indexed, up to the lag

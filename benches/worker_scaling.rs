@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use engram::index::{IndexParams, SpaceIndexes};
 use engram::ingest::checkpointer::CheckpointPolicy;
+use engram::ingest::workers::INDEX_NICE_DEFAULT;
 use engram::ingest::{IndexWorkers, ServerLoad};
 use engram::synthetic::{observation, Distribution};
 use engram::wal::{Entry, Lsn, RecordKind, Wal, WalConfig, WalReader};
@@ -79,7 +80,15 @@ fn index_all(reader: &WalReader, dir: &std::path::Path, workers: usize, count: u
     });
     let load = Arc::new(ServerLoad::new(u64::MAX, u64::MAX));
     let started = Instant::now();
-    let running = IndexWorkers::start(reader, indexes.clone(), load, policy, Lsn::FIRST).unwrap();
+    let running = IndexWorkers::start(
+        reader,
+        indexes.clone(),
+        load,
+        policy,
+        Lsn::FIRST,
+        INDEX_NICE_DEFAULT,
+    )
+    .unwrap();
     // Polling the watermark: a bench's stopwatch, not a test's synchronisation.
     while (0..workers)
         .map(|w| indexes.worker_progress(w).indexed_lsn())

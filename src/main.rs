@@ -169,12 +169,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (1..=1024).contains(&args.index_workers)
             && (2..=256).contains(&args.hnsw_m)
             && (1..=4096).contains(&args.hnsw_ef_construction)
-            && (1..=4096).contains(&args.hnsw_ef_search),
+            && (1..=4096).contains(&args.hnsw_ef_search)
+            && (0..=19).contains(&args.index_nice),
         "index settings out of range: index_workers 1..=1024, hnsw_m 2..=256, \
-         hnsw_ef_construction and hnsw_ef_search 1..=4096"
+         hnsw_ef_construction and hnsw_ef_search 1..=4096, index_nice 0..=19"
     );
     let index = IndexConfig {
         workers: args.index_workers.max(1),
+        nice: args.index_nice,
         params: IndexParams {
             m: args.hnsw_m,
             ef_construction: args.hnsw_ef_construction,

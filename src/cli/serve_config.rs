@@ -71,6 +71,11 @@ pub struct ServeArgs {
     /// over them. Default: one per core.
     #[arg(long, env = "ENGRAM_INDEX_WORKERS", default_value_t = engram::ingest::workers::default_workers(), value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
     pub index_workers: usize,
+    /// The nice value (0-19) of the index threads. Above the threads that acknowledge
+    /// observations and answer recalls (0), so indexing yields the cores to them and takes
+    /// what they leave; 0 gives indexing an equal share.
+    #[arg(long, env = "ENGRAM_INDEX_NICE", default_value_t = engram::ingest::workers::INDEX_NICE_DEFAULT, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub index_nice: i32,
     /// HNSW links per node (M); the bottom layer keeps twice as many.
     #[arg(long, env = "ENGRAM_HNSW_M", default_value_t = engram::index::M_DEFAULT, value_parser = clap::value_parser!(u16).range(2..=256).map(usize::from))]
     pub hnsw_m: usize,
@@ -185,6 +190,7 @@ struct ConfigFile {
     wal_commit_bytes_max: Option<u64>,
     wal_recovery_mode: Option<String>,
     index_workers: Option<usize>,
+    index_nice: Option<i32>,
     hnsw_m: Option<usize>,
     hnsw_ef_construction: Option<usize>,
     hnsw_ef_search: Option<usize>,
@@ -246,6 +252,7 @@ pub fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyh
     fill!(wal_commit_window_us, anyhow::Ok);
     fill!(wal_commit_bytes_max, anyhow::Ok);
     fill!(index_workers, anyhow::Ok);
+    fill!(index_nice, anyhow::Ok);
     fill!(hnsw_m, anyhow::Ok);
     fill!(hnsw_ef_construction, anyhow::Ok);
     fill!(hnsw_ef_search, anyhow::Ok);

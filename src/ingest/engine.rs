@@ -134,6 +134,7 @@ impl Engine {
             load.clone(),
             checkpoints.clone(),
             reader.oldest_lsn(),
+            index.nice,
         )
         .map_err(EngineError::Workers)?;
         Ok(Engine {

@@ -35,10 +35,18 @@ const BATCH_RECORDS_MAX: usize = 4096;
 /// Inserts in a batch from which they are spread over every core.
 const PARALLEL_INSERTS_MIN: usize = 32;
 
+/// The nice value of the index threads unless configured: below the threads that
+/// acknowledge observations and answer recalls, so that indexing takes the cores they
+/// leave idle (docs/operations/streaming-tuning.md).
+pub const INDEX_NICE_DEFAULT: i32 = 10;
+
 /// How the index is built, by how many workers, and how often it is checkpointed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexConfig {
     pub workers: usize,
+    /// The nice value (0-19) of every index thread: the workers and the pool that spreads
+    /// a batch's inserts over the cores.
+    pub nice: i32,
     pub params: IndexParams,
     /// Inserts by one worker between checkpoints of its spaces; 0: not by count.
     pub checkpoint_records: u64,
@@ -50,6 +58,7 @@ impl Default for IndexConfig {
     fn default() -> IndexConfig {
         IndexConfig {
             workers: default_workers(),
+            nice: INDEX_NICE_DEFAULT,
             params: IndexParams::default(),
             checkpoint_records: super::checkpointer::CHECKPOINT_RECORDS_DEFAULT,
             checkpoint_interval: super::checkpointer::CHECKPOINT_INTERVAL_DEFAULT,
@@ -60,6 +69,28 @@ impl Default for IndexConfig {
 /// One per core.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Gives the calling thread the nice value `nice`. On Linux nice is a property of each
+/// thread, not of the process. Raising it needs no privilege; failing leaves the thread
+/// as it was, which costs latency, not correctness, so it is logged and not fatal.
+fn set_thread_nice(nice: i32) {
+    // SAFETY: gettid and setpriority only read their arguments.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if rc != 0 {
+        tracing::warn!(nice, error = %std::io::Error::last_os_error(),
+            "could not lower an index thread's priority");
+    }
+}
+
+/// The threads a batch's inserts are spread over: one per core, at the workers' nice value.
+fn insert_pool(nice: i32) -> std::io::Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(default_workers())
+        .thread_name(|i| format!("engram-insert-{i}"))
+        .start_handler(move |_| set_thread_nice(nice))
+        .build()
+        .map_err(std::io::Error::other)
 }
 
 /// Counters of the workers' work since start.
@@ -74,6 +105,9 @@ pub struct WorkerCounters {
     /// Nodes a concurrent insert left unreachable, linked again (`index` says why).
     pub relinked: AtomicU64,
 }
+
+/// One observation of a batch to insert: its space's index, its key, its embedding.
+type Insert<'a> = (Arc<SpaceIndex>, u64, std::borrow::Cow<'a, [f32]>);
 
 #[derive(Debug, thiserror::Error)]
 enum BatchError {
@@ -103,9 +137,11 @@ impl IndexWorkers {
         load: Arc<ServerLoad>,
         checkpoints: Arc<CheckpointPolicy>,
         from: Lsn,
+        nice: i32,
     ) -> std::io::Result<IndexWorkers> {
         let (stop, _) = watch::channel(false);
         let counters = Arc::new(WorkerCounters::default());
+        let pool = Arc::new(insert_pool(nice)?);
         let mut handles = Vec::new();
         for worker in 0..indexes.workers() {
             let cursor = reader.cursor(from);
@@ -124,11 +160,15 @@ impl IndexWorkers {
                 stop: stop.subscribe(),
                 indexes: indexes.clone(),
                 counters: counters.clone(),
+                pool: pool.clone(),
             };
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("engram-index-{worker}"))
-                    .spawn(move || state.run())?,
+                    .spawn(move || {
+                        set_thread_nice(nice);
+                        state.run()
+                    })?,
             );
         }
         let gauge = LagGauge {
@@ -211,6 +251,7 @@ struct Worker {
     stop: watch::Receiver<bool>,
     indexes: Arc<SpaceIndexes>,
     counters: Arc<WorkerCounters>,
+    pool: Arc<rayon::ThreadPool>,
 }
 
 impl Worker {
@@ -332,7 +373,7 @@ impl Worker {
     /// Inserts the batch's new observations; how many.
     fn index(&self, batch: &[Record]) -> Result<u64, BatchError> {
         // The embedding borrows the record's archive, viewed (and validated) once here.
-        let mut inserts: Vec<(Arc<SpaceIndex>, u64, std::borrow::Cow<'_, [f32]>)> = Vec::new();
+        let mut inserts: Vec<Insert<'_>> = Vec::new();
         for record in batch {
             match record.kind {
                 RecordKind::Space => {
@@ -371,35 +412,44 @@ impl Worker {
                 }
             }
         }
-        let insert =
-            |(space, key, embedding): &(Arc<SpaceIndex>, u64, std::borrow::Cow<'_, [f32]>)| {
-                fault::before_insert();
-                space.insert(*key, embedding)?;
-                self.counters.inserted.fetch_add(1, Ordering::Relaxed);
-                Ok::<(), BatchError>(())
-            };
+        let insert = |(space, key, embedding): &Insert<'_>| {
+            fault::before_insert();
+            space.insert(*key, embedding)?;
+            self.counters.inserted.fetch_add(1, Ordering::Relaxed);
+            Ok::<(), BatchError>(())
+        };
         if inserts.len() >= PARALLEL_INSERTS_MIN {
-            inserts.par_iter().try_for_each(insert)?;
-            // Concurrent inserts into one graph leave a rare node that no search reaches
-            // (usearch 2.26, measured: about 1 in 500 in a graph of 150, 1 in 5,000 of
-            // 20,000; none inserted one at a time), so that its own embedding would not
-            // recall it. Each is found by a search for it and linked again, alone.
-            let unreachable: Vec<_> = inserts
-                .par_iter()
-                .filter_map(|entry| match entry.0.finds(entry.1, &entry.2) {
-                    Ok(true) => None,
-                    Ok(false) => Some(Ok(entry)),
-                    Err(e) => Some(Err(e)),
-                })
-                .collect::<Result<_, IndexError>>()?;
-            for (space, key, embedding) in unreachable {
-                space.relink(*key, embedding)?;
-                self.counters.relinked.fetch_add(1, Ordering::Relaxed);
-            }
+            self.pool.install(|| self.insert_spread(&inserts, insert))?;
         } else {
             inserts.iter().try_for_each(insert)?;
         }
         Ok(inserts.len() as u64)
+    }
+
+    /// Inserts over every core of the pool, then repairs what concurrent inserts broke.
+    fn insert_spread(
+        &self,
+        inserts: &[Insert<'_>],
+        insert: impl Fn(&Insert<'_>) -> Result<(), BatchError> + Sync + Send,
+    ) -> Result<(), BatchError> {
+        inserts.par_iter().try_for_each(insert)?;
+        // Concurrent inserts into one graph leave a rare node that no search reaches
+        // (usearch 2.26, measured: about 1 in 500 in a graph of 150, 1 in 5,000 of
+        // 20,000; none inserted one at a time), so that its own embedding would not
+        // recall it. Each is found by a search for it and linked again, alone.
+        let unreachable: Vec<_> = inserts
+            .par_iter()
+            .filter_map(|entry| match entry.0.finds(entry.1, &entry.2) {
+                Ok(true) => None,
+                Ok(false) => Some(Ok(entry)),
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_, IndexError>>()?;
+        for (space, key, embedding) in unreachable {
+            space.relink(*key, embedding)?;
+            self.counters.relinked.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 
@@ -481,4 +531,35 @@ mod fault {
 
     #[cfg(not(feature = "fault-injection"))]
     pub fn before_insert() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own_nice() -> i32 {
+        // SAFETY: gettid and getpriority only read their arguments.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    #[test]
+    fn every_thread_of_the_insert_pool_runs_at_the_given_nice() {
+        let pool = insert_pool(7).unwrap();
+        let nices = pool.broadcast(|_| own_nice());
+        assert_eq!(nices, vec![7; pool.current_num_threads()]);
+    }
+
+    #[test]
+    fn set_thread_nice_lowers_the_calling_thread_alone() {
+        let before = own_nice();
+        let wanted = (before + 5).min(19);
+        let inside = std::thread::spawn(move || {
+            set_thread_nice(wanted);
+            own_nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside, wanted);
+        assert_eq!(own_nice(), before, "the spawning thread keeps its priority");
+    }
 }

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Ack latency while the index works through a backlog, by the index threads' nice value
+# (docs/performance.md, "Index threads at a lower priority"). For each value: a fresh
+# release server, COUNT observations at full speed to give the index a backlog, then
+# engram-load at RATE/s with 1 and 4 connections while the index is still busy.
+#
+#   scripts/bench-index-nice.sh [COUNT] [RATE] [NICE...]
+#
+# Prints one JSON line per case, prefixed with its name.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+count=${1:-100000}
+rate=${2:-50000}
+shift $(($# < 2 ? $# : 2))
+nices=("$@")
+[ ${#nices[@]} -gt 0 ] || nices=(0 10 19)
+cargo build --release --bin engram --bin engram-load >&2
+source scripts/release-server.sh
+for nice in "${nices[@]}"; do
+  run=$dir/nice$nice
+  mkdir -p "$run"
+  # The lag bound lifted: the stream must not be paced to the indexing rate.
+  start_release_server "$run/data" "$run/server.log" --index-nice "$nice" \
+    --index-lag-max "$((40 * count))"
+  quic=(--json --dim 384 --addr "$quic_addr" --cert "$run/data/tls/cert.der")
+  target/release/engram-load "${quic[@]}" --count "$count" --connections 4 --space backlog >/dev/null
+  for connections in 1 4; do
+    printf 'nice %s, %s conn, %s/s ' "$nice" "$connections" "$rate"
+    target/release/engram-load "${quic[@]}" --count "$((3 * rate))" --rate "$rate" \
+      --connections "$connections" --space "c$connections"
+  done
+  kill "$server"
+  wait "$server" || true
+done
