@@ -143,17 +143,23 @@ impl Candidate for Engram {
     }
 }
 
-fn engram_graph(metric: Metric, quantization: Quantization, name: &'static str) -> Engram {
+/// Room for `n` vectors is made up front, as hnswlib (max_elements) and usearch (reserve)
+/// are given it, and as the server's workers reserve for each batch.
+fn engram_graph(
+    metric: Metric,
+    quantization: Quantization,
+    n: usize,
+    name: &'static str,
+) -> Engram {
     let params = IndexParams {
         m: M,
         ef_construction: EF_CONSTRUCTION,
         ef_search: EF_SEARCH,
         quantization,
     };
-    Engram {
-        graph: engram::index::Hnsw::new(DIM as u32, metric, &params).unwrap(),
-        name,
-    }
+    let graph = engram::index::Hnsw::new(DIM as u32, metric, &params).unwrap();
+    graph.reserve(n).unwrap();
+    Engram { graph, name }
 }
 
 fn measure(candidate: &dyn Candidate, data: &Data) -> serde_json::Value {
@@ -216,11 +222,13 @@ fn main() {
     let engram_ip = engram_graph(
         Metric::Dot,
         Quantization::F32,
+        n,
         "engram (usearch + own kernels, IP, f32)",
     );
     let engram_default = engram_graph(
         Metric::Cosine,
         Quantization::F16,
+        n,
         "engram (cosine, f16: the defaults)",
     );
     for candidate in [

@@ -132,6 +132,9 @@ pub enum IndexError {
 pub trait VectorIndex: Send + Sync {
     /// Adds `vector` under `key`; safe to call from many threads at once.
     fn insert(&self, key: u64, vector: &[f32]) -> Result<(), IndexError>;
+    /// Makes room for `additional` more vectors at once, so that inserts running
+    /// concurrently never stop to grow the graph (an insert past the room still grows it).
+    fn reserve(&self, additional: usize) -> Result<(), IndexError>;
     /// The `count` best keys and their scores, best first; only keys `filter` keeps.
     fn search(
         &self,

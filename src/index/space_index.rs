@@ -202,6 +202,11 @@ impl SpaceIndex {
         self.graph.insert(key, vector)
     }
 
+    /// See `VectorIndex::reserve`.
+    pub fn reserve(&self, additional: usize) -> Result<(), IndexError> {
+        self.graph.reserve(additional)
+    }
+
     /// Whether a search for `vector`, stored under `key`, finds it. Two results, not
     /// one, so that an identical vector under another key does not count as a miss.
     pub fn finds(&self, key: u64, vector: &[f32]) -> Result<bool, IndexError> {

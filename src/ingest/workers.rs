@@ -427,11 +427,22 @@ impl Worker {
     }
 
     /// Inserts over every core of the pool, then repairs what concurrent inserts broke.
+    /// Each space makes room for its inserts first, so that none stops to grow the graph.
     fn insert_spread(
         &self,
         inserts: &[Insert<'_>],
         insert: impl Fn(&Insert<'_>) -> Result<(), BatchError> + Sync + Send,
     ) -> Result<(), BatchError> {
+        let mut per_space: Vec<(&Arc<SpaceIndex>, usize)> = Vec::new();
+        for (space, _, _) in inserts {
+            match per_space.iter_mut().find(|(s, _)| Arc::ptr_eq(s, space)) {
+                Some((_, count)) => *count += 1,
+                None => per_space.push((space, 1)),
+            }
+        }
+        for (space, count) in per_space {
+            space.reserve(count)?;
+        }
         inserts.par_iter().try_for_each(insert)?;
         // Concurrent inserts into one graph leave a rare node that no search reaches
         // (usearch 2.26, measured: about 1 in 500 in a graph of 150, 1 in 5,000 of
