@@ -2,8 +2,9 @@
 //! and a writer task hands everything queued to QUIC in one write.
 //!
 //! A QUIC write per frame costs a connection lock and a wake-up of its driver; a queue of
-//! one allocation per frame, freed on another thread, showed in profiles too. Two buffers
-//! take turns instead: while the writer writes one, the session fills the other.
+//! one allocation per frame, freed on another thread, showed in profiles too. Instead the
+//! writer takes the whole queue, leaves a fresh one in its place, and hands what it took
+//! to QUIC as one chunk, which QUIC keeps without copying it.
 
 use std::sync::{Arc, Mutex};
 
@@ -101,24 +102,30 @@ impl Drop for Outbox {
     }
 }
 
+/// Capacity of each fresh queue: what `push` fills before it waits, and a frame more.
+const QUEUE_CAPACITY: usize = OUTBOX_BYTES_MAX + (64 << 10);
+
 async fn write_out(
     mut send: quinn::SendStream,
     shared: Arc<Shared>,
 ) -> Result<quinn::SendStream, StreamError> {
-    let mut writing = Vec::new();
     loop {
         let queued = shared.queued.notified();
         tokio::pin!(queued);
         queued.as_mut().enable();
-        let closed = {
+        let (writing, closed) = {
             let mut state = shared.lock();
-            std::mem::swap(&mut state.queued, &mut writing);
-            state.closed
+            let writing = if state.queued.is_empty() {
+                Vec::new()
+            } else {
+                std::mem::replace(&mut state.queued, Vec::with_capacity(QUEUE_CAPACITY))
+            };
+            (writing, state.closed)
         };
         if !writing.is_empty() {
             shared.room.notify_waiters();
-            let written = send.write_all(&writing).await;
-            writing.clear();
+            // Handed over whole: quinn keeps the chunk instead of copying it.
+            let written = send.write_chunk(bytes::Bytes::from(writing)).await;
             if let Err(e) = written {
                 shared.lock().writer_gone = true;
                 shared.room.notify_waiters();
