@@ -300,8 +300,8 @@ fn concurrent_recall(c: &mut Criterion) {
                     "--consistency",
                     "read-your-writes",
                 ]);
-                // What the stream really got while the recalls ran: the lag bound paces
-                // it to the index, whatever it offers.
+                // What the stream really got while the recalls ran: a stream the server
+                // held back would leave the recalls the cores.
                 let streamed = server.durable_lsn() - durable_before;
                 report["stream_records_per_sec"] = (streamed as f64
                     / seconds(&report).as_secs_f64())

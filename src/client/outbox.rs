@@ -102,9 +102,6 @@ impl Drop for Outbox {
     }
 }
 
-/// Capacity of each fresh queue: what `push` fills before it waits, and a frame more.
-const QUEUE_CAPACITY: usize = OUTBOX_BYTES_MAX + (64 << 10);
-
 async fn write_out(
     mut send: quinn::SendStream,
     shared: Arc<Shared>,
@@ -115,11 +112,11 @@ async fn write_out(
         queued.as_mut().enable();
         let (writing, closed) = {
             let mut state = shared.lock();
-            let writing = if state.queued.is_empty() {
-                Vec::new()
-            } else {
-                std::mem::replace(&mut state.queued, Vec::with_capacity(QUEUE_CAPACITY))
-            };
+            // The fresh queue gets room for twice what this one held (at most twice the
+            // bound): a busy session rarely outgrows it, a quiet one is not given a
+            // megabyte per frame.
+            let room = (2 * state.queued.len()).min(2 * OUTBOX_BYTES_MAX);
+            let writing = std::mem::replace(&mut state.queued, Vec::with_capacity(room));
             (writing, state.closed)
         };
         if !writing.is_empty() {
