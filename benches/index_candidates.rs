@@ -20,6 +20,15 @@ const M: usize = 16;
 const EF_CONSTRUCTION: usize = 200;
 const EF_SEARCH: usize = 64;
 const K: usize = 10;
+/// Passes over the query set, the fastest reported: 5, or `ENGRAM_BENCH_SEARCH_PASSES`.
+fn search_passes() -> usize {
+    std::env::var("ENGRAM_BENCH_SEARCH_PASSES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1)
+}
+
 /// Build threads: 2 (the machine's cores), or `ENGRAM_BENCH_BUILD_THREADS`.
 fn build_threads() -> usize {
     std::env::var("ENGRAM_BENCH_BUILD_THREADS")
@@ -173,9 +182,15 @@ fn measure(candidate: &dyn Candidate, data: &Data) -> serde_json::Value {
         }
     });
     let build_s = started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    let results: Vec<Vec<usize>> = data.queries().map(|q| candidate.search(q)).collect();
-    let search_s = started.elapsed().as_secs_f64();
+    // The best of several passes over the queries: one pass takes under a second, so a
+    // single one on this shared machine measures its neighbours as much as the library.
+    let mut results = Vec::new();
+    let mut search_s = f64::INFINITY;
+    for _ in 0..search_passes() {
+        let started = Instant::now();
+        results = data.queries().map(|q| candidate.search(q)).collect();
+        search_s = search_s.min(started.elapsed().as_secs_f64());
+    }
     let hits: usize = results
         .iter()
         .zip(&data.truth)

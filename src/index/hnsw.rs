@@ -194,6 +194,7 @@ impl VectorIndex for Hnsw {
                 let graph = self.graph.read().expect("graph lock");
                 if place <= graph.capacity() {
                     let _slot = self.slots.take();
+                    let _query = kernels::QueryScope::arm();
                     return graph.add(key, vector).map_err(|e| {
                         self.claimed.fetch_sub(1, Ordering::AcqRel);
                         library(e)
@@ -224,6 +225,7 @@ impl VectorIndex for Hnsw {
         let query = &*self.as_stored(query);
         let graph = self.graph.read().expect("graph lock");
         let _slot = self.slots.take();
+        let _query = kernels::QueryScope::arm();
         let matches = match filter {
             Some(keep) => graph.filtered_search(query, count, keep),
             None => graph.search(query, count),
@@ -256,6 +258,7 @@ impl VectorIndex for Hnsw {
         // Exclusive: no search may meet the node between its removal and its return.
         let graph = self.graph.write().expect("graph lock");
         graph.remove(key).map_err(library)?;
+        let _query = kernels::QueryScope::arm();
         graph.add(key, vector).map_err(library)
     }
 
@@ -472,6 +475,43 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The f16 kernels widen a search's or insert's query once (`kernels::QueryScope`):
+    /// a graph built and searched that way must match, distance for distance, one built
+    /// and searched with the query converted in every call.
+    #[test]
+    fn widening_the_query_once_changes_no_distance() {
+        let data = vectors(600, 40);
+        let params = IndexParams::default();
+        let form = StoredForm::of_new_graph(Metric::L2, Quantization::F16);
+        let mut two_graphs = Vec::new();
+        for _ in 0..2 {
+            let mut usearch = graph(40, Metric::L2, &params, form, None).unwrap();
+            if !kernels::install_own(&mut usearch, Metric::L2, form, 40) {
+                eprintln!("no AVX2/FMA/F16C here: usearch's kernels only");
+                return;
+            }
+            two_graphs.push(Hnsw::with_graph(usearch, Metric::L2, form).unwrap());
+        }
+        let (widened, converted) = (&two_graphs[0], &two_graphs[1]);
+        for (key, v) in data.iter().enumerate() {
+            widened.insert(key as u64, v).unwrap();
+            // The same add, outside any QueryScope.
+            let raw = converted.graph.read().unwrap();
+            raw.add(key as u64, v).unwrap();
+        }
+        for query in data.iter().step_by(7) {
+            let armed = widened.search(query, 10, None).unwrap();
+            let raw = converted.graph.read().unwrap().search(query, 10).unwrap();
+            let plain: Vec<(u64, f32)> = raw
+                .keys
+                .into_iter()
+                .zip(raw.distances)
+                .map(|(key, d)| (key, converted.score(d)))
+                .collect();
+            assert_eq!(armed, plain);
         }
     }
 

@@ -9,6 +9,8 @@
 //! The distances are usearch's own, so `Hnsw::score` converts either the same way:
 //! cosine and inner product as `1 - similarity`, L2 as the squared Euclidean distance.
 
+use std::cell::{Cell, UnsafeCell};
+
 use super::{Quantization, StoredForm};
 use crate::space::Metric;
 
@@ -53,6 +55,84 @@ pub fn install_own(
     }
     let _ = (graph, metric, form, dim);
     false
+}
+
+/// The f16 query of the search or insert running on this thread, widened to f32 once.
+///
+/// Every distance usearch measures while it searches, and while an insert looks for its
+/// neighbours, is between the query (its first argument, one buffer throughout) and a
+/// stored vector. Converting the query again in every call was half of an f16 kernel's
+/// conversions. `Hnsw` arms the cache around each search and insert (`QueryScope`); the
+/// first distance after that widens its first argument, and later calls with the same
+/// pointer read the widened copy. Any other first argument (an insert linking two
+/// stored neighbours) is converted as before, so the distances are the same either way.
+struct QueryCache {
+    armed: Cell<bool>,
+    at: Cell<*const u8>,
+    widened: UnsafeCell<Vec<f32>>,
+}
+
+thread_local! {
+    static QUERY: QueryCache = const {
+        QueryCache {
+            armed: Cell::new(false),
+            at: Cell::new(std::ptr::null()),
+            widened: UnsafeCell::new(Vec::new()),
+        }
+    };
+}
+
+/// While alive, the f16 kernels on this thread widen the query once (`QueryCache`). Hold
+/// it only around one usearch search or add, which measure every distance on the
+/// calling thread and keep their query buffer unchanged until they return.
+pub struct QueryScope(std::marker::PhantomData<*const ()>);
+
+impl QueryScope {
+    pub fn arm() -> QueryScope {
+        QUERY.with(|q| {
+            // A nested operation would overwrite the outer one's widened query.
+            debug_assert!(!q.armed.get(), "one QueryScope at a time per thread");
+            q.armed.set(true);
+            q.at.set(std::ptr::null());
+        });
+        QueryScope(std::marker::PhantomData)
+    }
+}
+
+impl Drop for QueryScope {
+    fn drop(&mut self) {
+        QUERY.with(|q| {
+            q.armed.set(false);
+            q.at.set(std::ptr::null());
+        });
+    }
+}
+
+/// The widened copy of the f16 vector at `a` if it is this operation's query; `None`
+/// when no `QueryScope` is armed on this thread or `a` is another vector.
+///
+/// # Safety
+/// `a` points at `dim` readable f16 components.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+unsafe fn widened_query(a: *const u8, dim: usize) -> Option<*const f32> {
+    QUERY.with(|q| {
+        if !q.armed.get() {
+            return None;
+        }
+        // SAFETY: only this thread touches its cache, and no reference to the vector
+        // outlives this closure.
+        let widened = unsafe { &mut *q.widened.get() };
+        if q.at.get().is_null() {
+            widened.clear();
+            widened.extend((0..dim).map(|i| {
+                // SAFETY: the caller's promise: `dim` f16 components at `a`.
+                let bits = unsafe { a.add(i * 2).cast::<u16>().read_unaligned() };
+                half::f16::from_bits(bits).to_f32()
+            }));
+            q.at.set(a);
+        }
+        (q.at.get() == a && widened.len() == dim).then_some(widened.as_ptr())
+    })
 }
 
 // The distance a kernel computes, as a const parameter so each kernel is compiled alone.
@@ -107,8 +187,17 @@ mod avx2 {
         );
         // SAFETY: usearch passes two vectors of the graph's `dim` components, stored as
         // the graph's scalar kind, which `install` matched to `HALF`; `available` checked
-        // the instructions the kernel is compiled for.
-        Box::new(move |a, b| unsafe { distance::<HALF, FORM>(a.cast(), b.cast(), dim) })
+        // the instructions the kernel is compiled for. A widened query holds `dim` f32
+        // components of the f16 vector `a` points at.
+        Box::new(move |a, b| unsafe {
+            let (a, b) = (a.cast::<u8>(), b.cast::<u8>());
+            if HALF {
+                if let Some(widened) = super::widened_query(a, dim) {
+                    return distance::<false, true, FORM>(widened.cast(), b, dim);
+                }
+            }
+            distance::<HALF, HALF, FORM>(a, b, dim)
+        })
     }
 
     /// Eight components from `base`, component `at` on, as f32.
@@ -170,17 +259,17 @@ mod avx2 {
     }
 
     /// # Safety
-    /// `a` and `b` point at `dim` readable components each (f16 when `HALF`, else f32),
-    /// and the CPU has AVX2, FMA and F16C.
+    /// `a` and `b` point at `dim` readable components each (f16 when `A_HALF` and
+    /// `B_HALF`, else f32), and the CPU has AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn distance<const HALF: bool, const FORM: u8>(
+    pub unsafe fn distance<const A_HALF: bool, const B_HALF: bool, const FORM: u8>(
         a: *const u8,
         b: *const u8,
         dim: usize,
     ) -> f32 {
         // The candidate `b` is usually far from cache (a neighbour met in the graph): ask
         // for all its lines at once, rather than one miss after the other.
-        let bytes = dim * if HALF { 2 } else { 4 };
+        let bytes = dim * if B_HALF { 2 } else { 4 };
         let mut line = 0;
         while line < bytes {
             _mm_prefetch::<_MM_HINT_T0>(b.add(line).cast());
@@ -191,19 +280,19 @@ mod avx2 {
         let mut at = 0;
         while at + WIDTH * CHAINS <= dim {
             for c in 0..CHAINS {
-                let (x, y) = (load::<HALF>(a, at), load::<HALF>(b, at));
+                let (x, y) = (load::<A_HALF>(a, at), load::<B_HALF>(b, at));
                 step::<FORM>(x, y, c, &mut ab, &mut aa, &mut bb);
                 at += WIDTH;
             }
         }
         while at + WIDTH <= dim {
-            let (x, y) = (load::<HALF>(a, at), load::<HALF>(b, at));
+            let (x, y) = (load::<A_HALF>(a, at), load::<B_HALF>(b, at));
             step::<FORM>(x, y, 0, &mut ab, &mut aa, &mut bb);
             at += WIDTH;
         }
         let (mut ab, mut aa, mut bb) = (horizontal_sum(ab), horizontal_sum(aa), horizontal_sum(bb));
         for i in at..dim {
-            let (x, y) = (scalar::<HALF>(a, i), scalar::<HALF>(b, i));
+            let (x, y) = (scalar::<A_HALF>(a, i), scalar::<B_HALF>(b, i));
             if FORM == L2 {
                 ab += (x - y) * (x - y);
             } else {
@@ -252,16 +341,16 @@ mod tests {
                     .collect();
                 let (a, b) = (a.as_ptr().cast(), b.as_ptr().cast());
                 match metric {
-                    Metric::Cosine => avx2::distance::<true, COSINE>(a, b, dim),
-                    Metric::Dot => avx2::distance::<true, DOT>(a, b, dim),
-                    Metric::L2 => avx2::distance::<true, L2>(a, b, dim),
+                    Metric::Cosine => avx2::distance::<true, true, COSINE>(a, b, dim),
+                    Metric::Dot => avx2::distance::<true, true, DOT>(a, b, dim),
+                    Metric::L2 => avx2::distance::<true, true, L2>(a, b, dim),
                 }
             } else {
                 let (a, b) = (a.as_ptr().cast(), b.as_ptr().cast());
                 match metric {
-                    Metric::Cosine => avx2::distance::<false, COSINE>(a, b, dim),
-                    Metric::Dot => avx2::distance::<false, DOT>(a, b, dim),
-                    Metric::L2 => avx2::distance::<false, L2>(a, b, dim),
+                    Metric::Cosine => avx2::distance::<false, false, COSINE>(a, b, dim),
+                    Metric::Dot => avx2::distance::<false, false, DOT>(a, b, dim),
+                    Metric::L2 => avx2::distance::<false, false, L2>(a, b, dim),
                 }
             }
         }
