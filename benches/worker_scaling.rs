@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use engram::index::{IndexParams, SpaceIndexes};
 use engram::ingest::checkpointer::CheckpointPolicy;
-use engram::ingest::workers::INDEX_NICE_DEFAULT;
+use engram::ingest::workers::IndexPriority;
 use engram::ingest::{IndexWorkers, ServerLoad};
 use engram::synthetic::{observation, Distribution};
 use engram::wal::{Entry, Lsn, RecordKind, Wal, WalConfig, WalReader};
@@ -86,7 +86,7 @@ fn index_all(reader: &WalReader, dir: &std::path::Path, workers: usize, count: u
         load,
         policy,
         Lsn::FIRST,
-        INDEX_NICE_DEFAULT,
+        IndexPriority::default(),
     )
     .unwrap();
     // Polling the watermark: a bench's stopwatch, not a test's synchronisation.

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Ack latency while the index works through a backlog, by the index threads' nice value
-# (docs/performance.md, "Index threads at a lower priority"). For each value: a fresh
+# Ack latency while the index works through a backlog, by the index threads' nice value,
+# or `idle` for SCHED_IDLE (docs/performance.md, "Index threads at a lower priority").
+# For each value: a fresh
 # release server, COUNT observations at full speed to give the index a backlog, then
 # engram-load at RATE/s with 1 and 4 connections while the index is still busy.
 #
-#   scripts/bench-index-nice.sh [COUNT] [RATE] [NICE...]
+#   scripts/bench-index-nice.sh [COUNT] [RATE] [NICE|idle...]
 #
 # Prints one JSON line per case, prefixed with its name.
 set -euo pipefail
@@ -20,7 +21,8 @@ for nice in "${nices[@]}"; do
   run=$dir/nice$nice
   mkdir -p "$run"
   # The lag bound lifted: the stream must not be paced to the indexing rate.
-  start_release_server "$run/data" "$run/server.log" --index-nice "$nice" \
+  if [ "$nice" = idle ]; then priority=(--index-sched-idle); else priority=(--index-nice "$nice"); fi
+  start_release_server "$run/data" "$run/server.log" "${priority[@]}" \
     --index-lag-max "$((40 * count))"
   quic=(--json --dim 384 --addr "$quic_addr" --cert "$run/data/tls/cert.der")
   target/release/engram-load "${quic[@]}" --count "$count" --connections 4 --space backlog >/dev/null

@@ -12,6 +12,7 @@ mod cli;
 use cli::serve_config::{apply_config_file, ServeArgs};
 
 use engram::index::IndexParams;
+use engram::ingest::workers::IndexPriority;
 use engram::ingest::{Engine, IndexConfig, IngestLimits};
 use engram::transport::http::Readiness;
 use engram::transport::tls::ServerIdentity;
@@ -176,7 +177,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let index = IndexConfig {
         workers: args.index_workers.max(1),
-        nice: args.index_nice,
+        priority: if args.index_sched_idle {
+            IndexPriority::Idle
+        } else {
+            IndexPriority::Nice(args.index_nice)
+        },
         params: IndexParams {
             m: args.hnsw_m,
             ef_construction: args.hnsw_ef_construction,

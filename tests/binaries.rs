@@ -219,3 +219,82 @@ fn serve_reads_a_toml_config_file_and_flags_win_over_it() {
         "{err}"
     );
 }
+
+/// The scheduling policy and nice value of each of `pid`'s threads whose name starts with
+/// `prefix`, from /proc (stat fields 19 and 41).
+fn thread_priorities(pid: u32, prefix: &str) -> Vec<(String, i64, i64)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
+            continue; // the thread ended
+        };
+        let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
+            continue;
+        };
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        // Fields after the parenthesised name, which may hold spaces.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let field = |n: usize| fields[n - 3].parse::<i64>().unwrap();
+        found.push((comm.trim().to_owned(), field(41), field(19)));
+    }
+    found
+}
+
+/// Polls until every index thread of `pid` (workers and insert pool) has `policy` and
+/// `nice`: each sets its own as it starts, which may be just after "engram is up".
+fn index_threads_reach(pid: u32, policy: i64, nice: i64) -> Vec<(String, i64, i64)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let threads: Vec<_> = ["engram-index-", "engram-insert-"]
+            .iter()
+            .flat_map(|prefix| thread_priorities(pid, prefix))
+            // The lag gauge (comm is cut to 15 bytes) only publishes the lag, at the
+            // normal priority, so that backpressure follows the log at once.
+            .filter(|(name, _, _)| name != "engram-index-la")
+            .collect();
+        let workers = threads
+            .iter()
+            .filter(|t| t.0.starts_with("engram-index-"))
+            .count();
+        let pool = threads
+            .iter()
+            .filter(|t| t.0.starts_with("engram-insert-"))
+            .count();
+        let settled =
+            workers > 0 && pool > 0 && threads.iter().all(|t| (t.1, t.2) == (policy, nice));
+        if settled || std::time::Instant::now() > deadline {
+            return threads;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn index_threads_run_below_ingest_at_the_configured_priority() {
+    const SCHED_OTHER: i64 = 0;
+    const SCHED_IDLE: i64 = 5;
+    for (flags, policy, nice) in [
+        (vec![], SCHED_OTHER, 10),
+        (vec!["--index-nice", "15"], SCHED_OTHER, 15),
+        (vec!["--index-sched-idle"], SCHED_IDLE, 0),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let server = common::server::Server::start(data.path(), &flags);
+        let pid = server.child.id();
+        let threads = index_threads_reach(pid, policy, nice);
+        assert!(
+            !threads.is_empty() && threads.iter().all(|t| (t.1, t.2) == (policy, nice)),
+            "{flags:?}: index threads {threads:?}"
+        );
+        // Those that acknowledge observations stay at the normal priority.
+        let ingest = thread_priorities(pid, "engram-wal-comm");
+        assert!(
+            !ingest.is_empty() && ingest.iter().all(|t| (t.1, t.2) == (SCHED_OTHER, 0)),
+            "{flags:?}: the log's committer {ingest:?}"
+        );
+        server.terminate();
+    }
+}

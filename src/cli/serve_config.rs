@@ -76,6 +76,12 @@ pub struct ServeArgs {
     /// what they leave; 0 gives indexing an equal share.
     #[arg(long, env = "ENGRAM_INDEX_NICE", default_value_t = engram::ingest::workers::INDEX_NICE_DEFAULT, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub index_nice: i32,
+    /// Run the index threads under SCHED_IDLE instead (`--index-nice` is then unused):
+    /// they run only on cores nothing else wants, and a waking ingest or recall thread
+    /// preempts them at once. For a machine engram has to itself: any other busy process
+    /// stops indexing, and past the index lag bound ingest with it.
+    #[arg(long, env = "ENGRAM_INDEX_SCHED_IDLE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub index_sched_idle: bool,
     /// HNSW links per node (M); the bottom layer keeps twice as many.
     #[arg(long, env = "ENGRAM_HNSW_M", default_value_t = engram::index::M_DEFAULT, value_parser = clap::value_parser!(u16).range(2..=256).map(usize::from))]
     pub hnsw_m: usize,
@@ -191,6 +197,7 @@ struct ConfigFile {
     wal_recovery_mode: Option<String>,
     index_workers: Option<usize>,
     index_nice: Option<i32>,
+    index_sched_idle: Option<bool>,
     hnsw_m: Option<usize>,
     hnsw_ef_construction: Option<usize>,
     hnsw_ef_search: Option<usize>,
@@ -253,6 +260,7 @@ pub fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyh
     fill!(wal_commit_bytes_max, anyhow::Ok);
     fill!(index_workers, anyhow::Ok);
     fill!(index_nice, anyhow::Ok);
+    fill!(index_sched_idle, anyhow::Ok);
     fill!(hnsw_m, anyhow::Ok);
     fill!(hnsw_ef_construction, anyhow::Ok);
     fill!(hnsw_ef_search, anyhow::Ok);

@@ -134,7 +134,7 @@ impl Engine {
             load.clone(),
             checkpoints.clone(),
             reader.oldest_lsn(),
-            index.nice,
+            index.priority,
         )
         .map_err(EngineError::Workers)?;
         Ok(Engine {

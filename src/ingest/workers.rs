@@ -35,18 +35,38 @@ const BATCH_RECORDS_MAX: usize = 4096;
 /// Inserts in a batch from which they are spread over every core.
 const PARALLEL_INSERTS_MIN: usize = 32;
 
-/// The nice value of the index threads unless configured: below the threads that
-/// acknowledge observations and answer recalls, so that indexing takes the cores they
-/// leave idle (docs/operations/streaming-tuning.md).
+/// The nice value of the index threads when they run under the normal scheduler: below
+/// the threads that acknowledge observations and answer recalls, so that indexing takes
+/// the cores they leave idle (docs/operations/streaming-tuning.md).
 pub const INDEX_NICE_DEFAULT: i32 = 10;
+
+/// How the index threads yield the cores to the threads that acknowledge observations
+/// and answer recalls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexPriority {
+    /// The normal scheduler at this nice value (0-19; the default 10): a share of a busy
+    /// core, 0 an equal one.
+    Nice(i32),
+    /// Linux's SCHED_IDLE: a thread that runs only when no normal thread wants its core,
+    /// and that a waking normal thread preempts at once. For a machine engram has to
+    /// itself: any busy process then stops indexing, and past the lag bound ingest with
+    /// it, which a share (`Nice`) never does.
+    Idle,
+}
+
+impl Default for IndexPriority {
+    fn default() -> IndexPriority {
+        IndexPriority::Nice(INDEX_NICE_DEFAULT)
+    }
+}
 
 /// How the index is built, by how many workers, and how often it is checkpointed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexConfig {
     pub workers: usize,
-    /// The nice value (0-19) of every index thread: the workers and the pool that spreads
-    /// a batch's inserts over the cores.
-    pub nice: i32,
+    /// The priority of every index thread: the workers and the pool that spreads a
+    /// batch's inserts over the cores.
+    pub priority: IndexPriority,
     pub params: IndexParams,
     /// Inserts by one worker between checkpoints of its spaces; 0: not by count.
     pub checkpoint_records: u64,
@@ -58,7 +78,7 @@ impl Default for IndexConfig {
     fn default() -> IndexConfig {
         IndexConfig {
             workers: default_workers(),
-            nice: INDEX_NICE_DEFAULT,
+            priority: IndexPriority::default(),
             params: IndexParams::default(),
             checkpoint_records: super::checkpointer::CHECKPOINT_RECORDS_DEFAULT,
             checkpoint_interval: super::checkpointer::CHECKPOINT_INTERVAL_DEFAULT,
@@ -71,24 +91,34 @@ pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Gives the calling thread the nice value `nice`. On Linux nice is a property of each
-/// thread, not of the process. Raising it needs no privilege; failing leaves the thread
-/// as it was, which costs latency, not correctness, so it is logged and not fatal.
-fn set_thread_nice(nice: i32) {
-    // SAFETY: gettid and setpriority only read their arguments.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+/// Gives the calling thread `priority`. On Linux the scheduling policy and the nice value
+/// belong to each thread, not to the process. Lowering either needs no privilege; failing
+/// leaves the thread as it was, which costs latency, not correctness, so it is logged and
+/// not fatal.
+fn set_thread_priority(priority: IndexPriority) {
+    let rc = match priority {
+        // SAFETY: gettid and setpriority only read their arguments.
+        IndexPriority::Nice(nice) => unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice)
+        },
+        IndexPriority::Idle => {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) }
+        }
+    };
     if rc != 0 {
-        tracing::warn!(nice, error = %std::io::Error::last_os_error(),
+        tracing::warn!(?priority, error = %std::io::Error::last_os_error(),
             "could not lower an index thread's priority");
     }
 }
 
-/// The threads a batch's inserts are spread over: one per core, at the workers' nice value.
-fn insert_pool(nice: i32) -> std::io::Result<rayon::ThreadPool> {
+/// The threads a batch's inserts are spread over: one per core, at the workers' priority.
+fn insert_pool(priority: IndexPriority) -> std::io::Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(default_workers())
         .thread_name(|i| format!("engram-insert-{i}"))
-        .start_handler(move |_| set_thread_nice(nice))
+        .start_handler(move |_| set_thread_priority(priority))
         .build()
         .map_err(std::io::Error::other)
 }
@@ -137,11 +167,11 @@ impl IndexWorkers {
         load: Arc<ServerLoad>,
         checkpoints: Arc<CheckpointPolicy>,
         from: Lsn,
-        nice: i32,
+        priority: IndexPriority,
     ) -> std::io::Result<IndexWorkers> {
         let (stop, _) = watch::channel(false);
         let counters = Arc::new(WorkerCounters::default());
-        let pool = Arc::new(insert_pool(nice)?);
+        let pool = Arc::new(insert_pool(priority)?);
         let mut handles = Vec::new();
         for worker in 0..indexes.workers() {
             let cursor = reader.cursor(from);
@@ -166,7 +196,7 @@ impl IndexWorkers {
                 std::thread::Builder::new()
                     .name(format!("engram-index-{worker}"))
                     .spawn(move || {
-                        set_thread_nice(nice);
+                        set_thread_priority(priority);
                         state.run()
                     })?,
             );
@@ -553,24 +583,38 @@ mod tests {
         unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
     }
 
-    #[test]
-    fn every_thread_of_the_insert_pool_runs_at_the_given_nice() {
-        let pool = insert_pool(7).unwrap();
-        let nices = pool.broadcast(|_| own_nice());
-        assert_eq!(nices, vec![7; pool.current_num_threads()]);
+    fn own_policy() -> i32 {
+        // SAFETY: pid 0 is the calling thread.
+        unsafe { libc::sched_getscheduler(0) }
     }
 
     #[test]
-    fn set_thread_nice_lowers_the_calling_thread_alone() {
-        let before = own_nice();
-        let wanted = (before + 5).min(19);
+    fn every_thread_of_the_insert_pool_runs_at_the_given_priority() {
+        let pool = insert_pool(IndexPriority::Nice(7)).unwrap();
+        let nices = pool.broadcast(|_| own_nice());
+        assert_eq!(nices, vec![7; pool.current_num_threads()]);
+        let pool = insert_pool(IndexPriority::Idle).unwrap();
+        let policies = pool.broadcast(|_| own_policy());
+        assert_eq!(policies, vec![libc::SCHED_IDLE; pool.current_num_threads()]);
+    }
+
+    #[test]
+    fn set_thread_priority_lowers_the_calling_thread_alone() {
+        let (nice_before, policy_before) = (own_nice(), own_policy());
+        let wanted = (nice_before + 5).min(19);
         let inside = std::thread::spawn(move || {
-            set_thread_nice(wanted);
-            own_nice()
+            set_thread_priority(IndexPriority::Nice(wanted));
+            let nice = own_nice();
+            set_thread_priority(IndexPriority::Idle);
+            (nice, own_policy())
         })
         .join()
         .unwrap();
-        assert_eq!(inside, wanted);
-        assert_eq!(own_nice(), before, "the spawning thread keeps its priority");
+        assert_eq!(inside, (wanted, libc::SCHED_IDLE));
+        assert_eq!(
+            (own_nice(), own_policy()),
+            (nice_before, policy_before),
+            "the spawning thread keeps its priority"
+        );
     }
 }

@@ -49,7 +49,7 @@ fn wal_config() -> WalConfig {
 fn index_config() -> IndexConfig {
     IndexConfig {
         workers: 2,
-        nice: engram::ingest::workers::INDEX_NICE_DEFAULT,
+        priority: Default::default(),
         // Exact vectors, so a stored embedding compares equal to the one sent.
         params: IndexParams {
             quantization: Quantization::F32,
