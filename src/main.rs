@@ -171,9 +171,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             && (2..=256).contains(&args.hnsw_m)
             && (1..=4096).contains(&args.hnsw_ef_construction)
             && (1..=4096).contains(&args.hnsw_ef_search)
+            && args.exact_search_max <= 100_000
             && (0..=19).contains(&args.index_nice),
         "index settings out of range: index_workers 1..=1024, hnsw_m 2..=256, \
-         hnsw_ef_construction and hnsw_ef_search 1..=4096, index_nice 0..=19"
+         hnsw_ef_construction and hnsw_ef_search 1..=4096, exact_search_max 0..=100000, \
+         index_nice 0..=19"
     );
     let index = IndexConfig {
         workers: args.index_workers.max(1),
@@ -187,6 +189,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ef_construction: args.hnsw_ef_construction,
             ef_search: args.hnsw_ef_search,
             quantization: args.index_quantization,
+            exact_search_max: args.exact_search_max,
         },
         checkpoint_records: args.checkpoint_records,
         checkpoint_interval: Duration::from_secs(args.checkpoint_interval_s),

@@ -91,6 +91,11 @@ pub struct ServeArgs {
     /// HNSW candidate list while searching (ef_search); a recall may ask for more.
     #[arg(long, env = "ENGRAM_HNSW_EF_SEARCH", default_value_t = engram::index::EF_SEARCH_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
     pub hnsw_ef_search: usize,
+    /// Spaces holding at most this many indexed observations are searched exactly (every
+    /// vector compared) instead of through the graph; 0 never. Up to about a thousand
+    /// 384-d vectors the scan is as fast as the walk, and it always finds the true best.
+    #[arg(long, env = "ENGRAM_EXACT_SEARCH_MAX", default_value_t = engram::index::EXACT_SEARCH_MAX_DEFAULT, value_parser = clap::value_parser!(u32).range(0..=100_000).map(|n| n as usize))]
+    pub exact_search_max: usize,
     /// How the graphs store vectors: f16 (half the memory, scores within about 1e-3) or
     /// f32 (exact).
     #[arg(
@@ -201,6 +206,7 @@ struct ConfigFile {
     hnsw_m: Option<usize>,
     hnsw_ef_construction: Option<usize>,
     hnsw_ef_search: Option<usize>,
+    exact_search_max: Option<usize>,
     index_quantization: Option<engram::index::Quantization>,
     checkpoint_records: Option<u64>,
     checkpoint_interval_s: Option<u64>,
@@ -264,6 +270,7 @@ pub fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyh
     fill!(hnsw_m, anyhow::Ok);
     fill!(hnsw_ef_construction, anyhow::Ok);
     fill!(hnsw_ef_search, anyhow::Ok);
+    fill!(exact_search_max, anyhow::Ok);
     fill!(index_quantization, anyhow::Ok);
     fill!(checkpoint_records, anyhow::Ok);
     fill!(checkpoint_interval_s, anyhow::Ok);

@@ -161,6 +161,23 @@ impl Hnsw {
         }
     }
 
+    /// The first `count` of `matches` that `keep` passes, with their scores.
+    fn scored(
+        &self,
+        matches: usearch::ffi::Matches,
+        count: usize,
+        keep: impl Fn(u64) -> bool,
+    ) -> Vec<(u64, f32)> {
+        matches
+            .keys
+            .into_iter()
+            .zip(matches.distances)
+            .filter(|&(key, _)| keep(key))
+            .take(count)
+            .map(|(key, distance)| (key, self.score(distance)))
+            .collect()
+    }
+
     /// `vector` as the graph takes it: usearch rounds to f16 itself.
     fn as_stored<'v>(&self, vector: &'v [f32]) -> Cow<'v, [f32]> {
         if self.form.unit_length {
@@ -231,12 +248,37 @@ impl VectorIndex for Hnsw {
             None => graph.search(query, count),
         }
         .map_err(library)?;
-        Ok(matches
-            .keys
-            .into_iter()
-            .zip(matches.distances)
-            .map(|(key, distance)| (key, self.score(distance)))
-            .collect())
+        Ok(self.scored(matches, count, |_| true))
+    }
+
+    fn search_exact(
+        &self,
+        query: &[f32],
+        count: usize,
+        filter: Option<&(dyn Fn(u64) -> bool + Sync)>,
+    ) -> Result<Vec<(u64, f32)>, IndexError> {
+        let query = &*self.as_stored(query);
+        let graph = self.graph.read().expect("graph lock");
+        let _slot = self.slots.take();
+        let _query = kernels::QueryScope::arm();
+        let keep = |key: u64| filter.is_none_or(|keep| keep(key));
+        // usearch's exact scan takes no filter: ask for more until enough pass it (a
+        // filter drops only the few keys being indexed past the recall's LSN).
+        let size = graph.size();
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let mut wanted = count;
+        loop {
+            let matches = graph
+                .exact_search(query, wanted.min(size))
+                .map_err(library)?;
+            let passed = matches.keys.iter().filter(|&&key| keep(key)).count();
+            if passed >= count || wanted >= size {
+                return Ok(self.scored(matches, count, keep));
+            }
+            wanted = wanted.saturating_mul(4);
+        }
     }
 
     fn form(&self) -> StoredForm {
@@ -337,6 +379,86 @@ mod tests {
                 assert!(found_self >= 30, "{metric:?}: {found_self} of 32");
             }
         }
+    }
+
+    /// The true best `count` keys that `keep` passes, best first.
+    fn brute_force(
+        data: &[Vec<f32>],
+        metric: Metric,
+        query: &[f32],
+        count: usize,
+        keep: impl Fn(u64) -> bool,
+    ) -> Vec<u64> {
+        let scorer = Scorer::new(metric, query);
+        let mut scored: Vec<(u64, f32)> = (0..data.len() as u64)
+            .filter(|&key| keep(key))
+            .map(|key| (key, scorer.score(&data[key as usize])))
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        scored.into_iter().take(count).map(|(key, _)| key).collect()
+    }
+
+    #[test]
+    fn an_exact_search_finds_the_true_best_where_a_poor_graph_walk_does_not() {
+        // A graph wired as poorly as usearch allows: two links, a beam of one.
+        let poor = IndexParams {
+            m: 2,
+            ef_construction: 1,
+            ef_search: 1,
+            quantization: Quantization::F32,
+            ..IndexParams::default()
+        };
+        for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
+            let data = vectors(600, 8);
+            let hnsw = Hnsw::new(8, metric, &poor).unwrap();
+            for (key, v) in data.iter().enumerate() {
+                hnsw.insert(key as u64, v).unwrap();
+            }
+            assert!(hnsw
+                .search_exact(&data[0], 5, Some(&|_| false))
+                .unwrap()
+                .is_empty());
+            let odd = |key: u64| key % 2 == 1;
+            let mut walk_missed = 0;
+            for query in vectors(40, 8) {
+                let exact = hnsw.search_exact(&query, 5, None).unwrap();
+                let keys: Vec<u64> = exact.iter().map(|&(key, _)| key).collect();
+                assert_eq!(keys, brute_force(&data, metric, &query, 5, |_| true));
+                let scorer = Scorer::new(metric, &query);
+                for (key, score) in exact {
+                    let true_score = scorer.score(&data[key as usize]);
+                    assert!((true_score - score).abs() < 1e-4, "{metric:?}");
+                }
+                // Most keys filtered out: the scan asks for more until five pass.
+                let rare = |key: u64| key % 50 == 7;
+                let filtered = hnsw.search_exact(&query, 5, Some(&rare)).unwrap();
+                let keys: Vec<u64> = filtered.iter().map(|&(key, _)| key).collect();
+                assert_eq!(keys, brute_force(&data, metric, &query, 5, rare));
+                let keys: Vec<u64> = hnsw
+                    .search_exact(&query, 5, Some(&odd))
+                    .unwrap()
+                    .iter()
+                    .map(|&(key, _)| key)
+                    .collect();
+                assert_eq!(keys, brute_force(&data, metric, &query, 5, odd));
+
+                let walked: Vec<u64> = hnsw
+                    .search(&query, 5, None)
+                    .unwrap()
+                    .iter()
+                    .map(|&(key, _)| key)
+                    .collect();
+                if walked != brute_force(&data, metric, &query, 5, |_| true) {
+                    walk_missed += 1;
+                }
+            }
+            assert!(
+                walk_missed > 0,
+                "{metric:?}: the poor graph's walk should miss, or this test shows nothing"
+            );
+        }
+        let empty = Hnsw::new(8, Metric::Cosine, &poor).unwrap();
+        assert!(empty.search_exact(&[1.0; 8], 5, None).unwrap().is_empty());
     }
 
     #[test]

@@ -53,11 +53,23 @@ pub struct IndexParams {
     /// The candidate list while searching, at least k: more is better recall, slower.
     pub ef_search: usize,
     pub quantization: Quantization,
+    /// A space holding at most this many indexed observations is searched exactly, every
+    /// vector compared, not through the graph: there the scan costs no more than the
+    /// walk, and its answer is the true one whatever the graph's wiring. A search
+    /// setting, not the graph's: the server's value applies to every space, also to one
+    /// loaded from a checkpoint written with another.
+    #[serde(default = "exact_search_max_default")]
+    pub exact_search_max: usize,
 }
 
 pub const M_DEFAULT: usize = 16;
 pub const EF_CONSTRUCTION_DEFAULT: usize = 200;
 pub const EF_SEARCH_DEFAULT: usize = 64;
+pub const EXACT_SEARCH_MAX_DEFAULT: usize = 1024;
+
+fn exact_search_max_default() -> usize {
+    EXACT_SEARCH_MAX_DEFAULT
+}
 
 impl Quantization {
     /// Each component as the graph stores it.
@@ -117,6 +129,7 @@ impl Default for IndexParams {
             ef_construction: EF_CONSTRUCTION_DEFAULT,
             ef_search: EF_SEARCH_DEFAULT,
             quantization: Quantization::default(),
+            exact_search_max: EXACT_SEARCH_MAX_DEFAULT,
         }
     }
 }
@@ -137,6 +150,15 @@ pub trait VectorIndex: Send + Sync {
     fn reserve(&self, additional: usize) -> Result<(), IndexError>;
     /// The `count` best keys and their scores, best first; only keys `filter` keeps.
     fn search(
+        &self,
+        query: &[f32],
+        count: usize,
+        filter: Option<&(dyn Fn(u64) -> bool + Sync)>,
+    ) -> Result<Vec<(u64, f32)>, IndexError>;
+    /// As `search`, but comparing the query with every vector instead of walking the
+    /// graph: the true best, at a cost linear in `len`. Small spaces are searched so
+    /// (`IndexParams::exact_search_max`), where it costs no more than the walk.
+    fn search_exact(
         &self,
         query: &[f32],
         count: usize,

@@ -142,7 +142,14 @@ pub fn recall(
     let scorer = Scorer::new(metric, &query.embedding);
     let mut candidates = match &index {
         None => Vec::new(),
-        Some(index) => from_graph(index, query, &scorer, target.min(indexed), target)?,
+        Some(index) => from_graph(
+            index,
+            query,
+            &scorer,
+            target.min(indexed),
+            target,
+            indexes.params().exact_search_max,
+        )?,
     };
     let mut scanned = 0;
     if target > indexed {
@@ -232,6 +239,7 @@ fn from_graph(
     scorer: &Scorer<'_>,
     covered: Lsn,
     target: Lsn,
+    exact_search_max: usize,
 ) -> Result<Vec<Candidate>, RecallError> {
     let entries = index.entries();
     if let Consistency::AsOf(_) = query.consistency {
@@ -251,12 +259,16 @@ fn from_graph(
         return Ok(found);
     }
     let count = query.k.max(query.ef.unwrap_or(0));
-    let hits = match query.consistency {
-        Consistency::Eventual => index.graph().search(&query.embedding, count, None)?,
-        _ => {
-            let keep = |key: u64| entries.get(key).is_some_and(|e| e.lsn <= target);
-            index.graph().search(&query.embedding, count, Some(&keep))?
-        }
+    let keep = |key: u64| entries.get(key).is_some_and(|e| e.lsn <= target);
+    let filter: Option<&(dyn Fn(u64) -> bool + Sync)> = match query.consistency {
+        Consistency::Eventual => None,
+        _ => Some(&keep),
+    };
+    let graph = index.graph();
+    let hits = if graph.len() <= exact_search_max {
+        graph.search_exact(&query.embedding, count, filter)?
+    } else {
+        graph.search(&query.embedding, count, filter)?
     };
     // The graph ranks by its own arithmetic (the query rounded to f16, a cosine as the inner
     // product of unit vectors). Each hit is scored again exactly, as a log record is: a
@@ -316,7 +328,7 @@ fn hit(index: Option<&SpaceIndex>, candidate: Candidate) -> Result<RecallHit, Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::IndexParams;
+    use crate::index::{Admission, IndexParams, Quantization};
     use crate::synthetic::{observation, Distribution};
     use crate::wal::{Entry, Wal, WalConfig};
 
@@ -379,5 +391,73 @@ mod tests {
         snapshot.consistency = Consistency::AsOf(busy_newest);
         let at = answer(quiet_newest, &snapshot);
         assert_eq!((at.scanned, at.as_of), (505, busy_newest));
+    }
+
+    /// A graph too poor to walk well: below `exact_search_max` recall is still exact.
+    #[test]
+    fn a_space_up_to_exact_search_max_is_recalled_exactly_past_it_through_the_graph() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), WalConfig::default()).unwrap();
+        let poor = |exact_search_max| IndexParams {
+            m: 2,
+            ef_construction: 1,
+            ef_search: 1,
+            exact_search_max,
+            ..IndexParams::default()
+        };
+        let count = 500u64;
+        let exact = SpaceIndexes::new(poor(count as usize), 1);
+        let walked = SpaceIndexes::new(poor(count as usize - 1), 1);
+        for indexes in [&exact, &walked] {
+            let space = indexes
+                .get_or_create("s", DIM as u32, Metric::Cosine)
+                .unwrap();
+            for n in 0..count {
+                let obs = observation(3, "s", "o-", n, DIM, Distribution::Uniform);
+                let Admission::New(key) = space.admit(&obs.id, Lsn(n + 1), 0, 1.0, "") else {
+                    panic!("o-{n} is new");
+                };
+                space.insert(key, &obs.embedding).unwrap();
+            }
+        }
+        let shape = Some((DIM as u32, Metric::Cosine));
+        let mut walk_missed = 0;
+        for n in 0..60 {
+            let mut query = query("s", 10_000 + n);
+            query.consistency = Consistency::Eventual;
+            let truth = {
+                let scorer = Scorer::new(Metric::Cosine, &query.embedding);
+                let mut all: Vec<(String, f32)> = (0..count)
+                    .map(|n| {
+                        let obs = observation(3, "s", "o-", n, DIM, Distribution::Uniform);
+                        let mut stored = obs.embedding.clone();
+                        StoredForm::of_new_graph(Metric::Cosine, Quantization::F16)
+                            .apply(&mut stored);
+                        (obs.id, scorer.score(&stored))
+                    })
+                    .collect();
+                all.sort_by(|a, b| b.1.total_cmp(&a.1));
+                all.into_iter()
+                    .take(query.k)
+                    .map(|(id, _)| id)
+                    .collect::<Vec<_>>()
+            };
+            let ids = |indexes: &SpaceIndexes| {
+                recall(indexes, shape, Lsn::ZERO, &wal.reader(), &query)
+                    .unwrap()
+                    .hits
+                    .into_iter()
+                    .map(|hit| hit.id)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(ids(&exact), truth, "query {n}");
+            if ids(&walked) != truth {
+                walk_missed += 1;
+            }
+        }
+        assert!(
+            walk_missed > 0,
+            "one past the bound the poor graph is walked, and misses"
+        );
     }
 }
