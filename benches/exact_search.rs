@@ -3,6 +3,8 @@
 //! sentence embeddings (the first rows of `../shared/data/minilm-docs-384`) in the
 //! server's default graph (cosine, f16, M=16, ef_construction=200, ef_search=64); each
 //! iteration is one k=10 search for the next of the data set's 1,000 queries.
+//! `reachability_audit`: one audit of every link of the same graphs
+//! (`VectorIndex::unreachable`), which the workers run once an eighth of a space is new.
 //!
 //!   cargo bench --bench exact_search
 
@@ -43,6 +45,9 @@ fn exact_search(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new("exact", size), |b| {
             b.iter(|| graph.search_exact(next.next().unwrap(), K, None).unwrap())
+        });
+        group.bench_function(BenchmarkId::new("reachability_audit", size), |b| {
+            b.iter(|| assert!(graph.unreachable(size as u64).len() < size / 100))
         });
     }
     group.finish();

@@ -308,6 +308,46 @@ impl VectorIndex for Hnsw {
         self.graph.read().expect("graph lock").size()
     }
 
+    fn unreachable(&self, key_bound: u64) -> Vec<u64> {
+        let graph = self.graph.read().expect("graph lock");
+        let bound = key_bound as usize;
+        // The top level of each key in the graph; None for keys not in it.
+        let levels: Vec<Option<usize>> = (0..key_bound)
+            .map(|key| graph.contains(key).then(|| graph.level_of_key(key)))
+            .collect();
+        let top = levels.iter().flatten().copied().max();
+        let mut reached = vec![false; bound];
+        // The walk starts at one node of the top level; taking them all as starts can
+        // only call a node reachable that is not, never the other way.
+        let mut frontier: Vec<u64> = (0..key_bound)
+            .filter(|&key| top.is_some() && levels[key as usize] == top)
+            .collect();
+        frontier
+            .iter()
+            .for_each(|&key| reached[key as usize] = true);
+        let mut linked = Vec::new();
+        while let Some(key) = frontier.pop() {
+            for level in 0..=levels[key as usize].expect("only keys in the graph are reached") {
+                let mut neighbors = graph.neighbors(key, level);
+                linked.resize(neighbors.total(), 0);
+                let count = neighbors.drain_into(&mut linked);
+                for &next in &linked[..count] {
+                    // A link to a removed node's slot carries usearch's free key.
+                    let fresh = next < key_bound
+                        && levels[next as usize].is_some()
+                        && !reached[next as usize];
+                    if fresh {
+                        reached[next as usize] = true;
+                        frontier.push(next);
+                    }
+                }
+            }
+        }
+        (0..key_bound)
+            .filter(|&key| levels[key as usize].is_some() && !reached[key as usize])
+            .collect()
+    }
+
     fn save(&self, path: &Path) -> Result<(), IndexError> {
         let graph = self.graph.read().expect("graph lock");
         let _slot = self.slots.take();
@@ -459,6 +499,46 @@ mod tests {
         }
         let empty = Hnsw::new(8, Metric::Cosine, &poor).unwrap();
         assert!(empty.search_exact(&[1.0; 8], 5, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_audit_names_exactly_the_nodes_no_walk_reaches() {
+        let poor = IndexParams {
+            m: 2,
+            ef_construction: 1,
+            ef_search: 1,
+            quantization: Quantization::F32,
+            ..IndexParams::default()
+        };
+        let data = vectors(3000, 8);
+        let hnsw = Hnsw::new(8, Metric::Cosine, &poor).unwrap();
+        std::thread::scope(|s| {
+            for part in 0..2 {
+                let (hnsw, data) = (&hnsw, &data);
+                s.spawn(move || {
+                    for (key, v) in data.iter().enumerate().skip(part).step_by(2) {
+                        hnsw.insert(key as u64, v).unwrap();
+                    }
+                });
+            }
+        });
+        let bound = data.len() as u64;
+        let lost = hnsw.unreachable(bound);
+        assert!(
+            !lost.is_empty(),
+            "a graph this poorly wired leaves some node unlinked, or this test shows nothing"
+        );
+        // A walk as wide as the graph returns every node it can reach: none of the lost.
+        for &key in &lost {
+            let everything = hnsw.search(&data[key as usize], data.len(), None).unwrap();
+            assert!(everything.iter().all(|&(found, _)| found != key), "{key}");
+        }
+        // Keys at or past the bound are not looked at.
+        assert!(hnsw.unreachable(10).iter().all(|&key| key < 10));
+        assert!(Hnsw::new(8, Metric::Cosine, &poor)
+            .unwrap()
+            .unreachable(5)
+            .is_empty());
     }
 
     #[test]

@@ -172,6 +172,10 @@ pub trait VectorIndex: Send + Sync {
     /// Adds `key`, already present, once more, alone: links a node that concurrent
     /// inserts left where no search reaches it.
     fn relink(&self, key: u64, vector: &[f32]) -> Result<(), IndexError>;
+    /// The keys below `key_bound` in the graph that no walk can reach: not linked, at any
+    /// level, from a node of the top level. Reads the links in place, so the caller keeps
+    /// inserts and relinks out meanwhile; searches may run.
+    fn unreachable(&self, key_bound: u64) -> Vec<u64>;
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0

@@ -132,7 +132,9 @@ pub struct WorkerCounters {
     pub panics: AtomicU64,
     /// Records left out because their (space, id) was stored earlier.
     pub duplicates: AtomicU64,
-    /// Nodes a concurrent insert left unreachable, linked again (`index` says why).
+    /// Nodes no search reached, linked again: those of a parallel batch (`insert_spread`
+    /// says why) and those a space's periodic audit of every link found
+    /// (`SpaceIndex::relink_unreachable`).
     pub relinked: AtomicU64,
 }
 
@@ -453,6 +455,26 @@ impl Worker {
         } else {
             inserts.iter().try_for_each(insert)?;
         }
+        for (space, count) in per_space(&inserts) {
+            if space.audit_due(count as u64) {
+                let started = std::time::Instant::now();
+                let relinked = space.relink_unreachable()?.len();
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                if relinked > 0 {
+                    tracing::info!(
+                        space = space.name(),
+                        relinked,
+                        ms,
+                        "audited the graph's links and linked again nodes no search reached"
+                    );
+                } else {
+                    tracing::debug!(space = space.name(), ms, "audited the graph's links");
+                }
+                self.counters
+                    .relinked
+                    .fetch_add(relinked as u64, Ordering::Relaxed);
+            }
+        }
         Ok(inserts.len() as u64)
     }
 
@@ -463,14 +485,7 @@ impl Worker {
         inserts: &[Insert<'_>],
         insert: impl Fn(&Insert<'_>) -> Result<(), BatchError> + Sync + Send,
     ) -> Result<(), BatchError> {
-        let mut per_space: Vec<(&Arc<SpaceIndex>, usize)> = Vec::new();
-        for (space, _, _) in inserts {
-            match per_space.iter_mut().find(|(s, _)| Arc::ptr_eq(s, space)) {
-                Some((_, count)) => *count += 1,
-                None => per_space.push((space, 1)),
-            }
-        }
-        for (space, count) in per_space {
+        for (space, count) in per_space(inserts) {
             space.reserve(count)?;
         }
         inserts.par_iter().try_for_each(insert)?;
@@ -492,6 +507,18 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// The spaces `inserts` go to, each with how many.
+fn per_space<'i>(inserts: &'i [Insert<'_>]) -> Vec<(&'i Arc<SpaceIndex>, usize)> {
+    let mut per_space: Vec<(&Arc<SpaceIndex>, usize)> = Vec::new();
+    for (space, _, _) in inserts {
+        match per_space.iter_mut().find(|(s, _)| Arc::ptr_eq(s, space)) {
+            Some((_, count)) => *count += 1,
+            None => per_space.push((space, 1)),
+        }
+    }
+    per_space
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
