@@ -308,6 +308,29 @@ impl VectorIndex for Hnsw {
         self.graph.read().expect("graph lock").size()
     }
 
+    fn unlinked(&self, keys: &[u64]) -> Vec<u64> {
+        let graph = self.graph.read().expect("graph lock");
+        let (mut linked, mut back) = (Vec::new(), Vec::new());
+        let links_of = |key: u64, out: &mut Vec<u64>| {
+            let mut neighbors = graph.neighbors(key, 0);
+            out.resize(neighbors.total(), 0);
+            let count = neighbors.drain_into(out);
+            out.truncate(count);
+        };
+        keys.iter()
+            .copied()
+            .filter(|&key| {
+                links_of(key, &mut linked);
+                // A node alone in the graph has nothing to be linked from.
+                !linked.is_empty()
+                    && !linked.iter().any(|&neighbor| {
+                        links_of(neighbor, &mut back);
+                        back.contains(&key)
+                    })
+            })
+            .collect()
+    }
+
     fn unreachable(&self, key_bound: u64) -> Vec<u64> {
         let graph = self.graph.read().expect("graph lock");
         let bound = key_bound as usize;
@@ -539,6 +562,50 @@ mod tests {
             .unwrap()
             .unreachable(5)
             .is_empty());
+    }
+
+    #[test]
+    fn unlinked_names_the_nodes_their_neighbours_do_not_link_back_to() {
+        let poor = IndexParams {
+            m: 4,
+            ef_construction: 1,
+            ef_search: 1,
+            quantization: Quantization::F32,
+            ..IndexParams::default()
+        };
+        let data = vectors(4000, 4);
+        let hnsw = Hnsw::new(4, Metric::L2, &poor).unwrap();
+        for (key, v) in data.iter().enumerate() {
+            hnsw.insert(key as u64, v).unwrap();
+        }
+        let keys: Vec<u64> = (0..data.len() as u64).collect();
+        let named = hnsw.unlinked(&keys);
+        assert!(!named.is_empty(), "a graph this poor leaves some");
+        {
+            let graph = hnsw.graph.read().unwrap();
+            let links = |key: u64| graph.neighbors(key, 0).collect::<Vec<u64>>();
+            for &key in &keys {
+                let own = links(key);
+                let linked_back = own.iter().any(|&n| links(n).contains(&key));
+                assert_eq!(
+                    named.contains(&key),
+                    !own.is_empty() && !linked_back,
+                    "{key}"
+                );
+            }
+        }
+        let lost_before = hnsw.unreachable(data.len() as u64).len();
+        for &key in &named {
+            hnsw.relink(key, &data[key as usize]).unwrap();
+        }
+        let still = hnsw.unlinked(&named).len();
+        assert!(
+            still < named.len() / 4,
+            "relinking links most of them: {still} of {}",
+            named.len()
+        );
+        assert!(hnsw.unreachable(data.len() as u64).len() < lost_before);
+        assert!(hnsw.unlinked(&[]).is_empty());
     }
 
     #[test]

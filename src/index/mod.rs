@@ -172,6 +172,11 @@ pub trait VectorIndex: Send + Sync {
     /// Adds `key`, already present, once more, alone: links a node that concurrent
     /// inserts left where no search reaches it.
     fn relink(&self, key: u64, vector: &[f32]) -> Result<(), IndexError>;
+    /// Of `keys`, in the graph, those none of their own bottom-level neighbours links
+    /// back to: a walk reaches such a node only through a link from elsewhere, which a
+    /// node just inserted rarely has. Reads the links in place, so the caller keeps
+    /// inserts and relinks out meanwhile; searches may run.
+    fn unlinked(&self, keys: &[u64]) -> Vec<u64>;
     /// The keys below `key_bound` in the graph that no walk can reach: not linked, at any
     /// level, from a node of the top level. Reads the links in place, so the caller keeps
     /// inserts and relinks out meanwhile; searches may run.

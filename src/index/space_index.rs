@@ -212,18 +212,6 @@ impl SpaceIndex {
         self.graph.reserve(additional)
     }
 
-    /// Whether a graph walk for `vector`, stored under `key`, finds it. Two results, not
-    /// one, so that an identical vector under another key does not count as a miss.
-    /// Never the exact scan, even in a space recall scans: the node must be reachable by
-    /// the time the space outgrows `exact_search_max`.
-    pub fn finds(&self, key: u64, vector: &[f32]) -> Result<bool, IndexError> {
-        Ok(self
-            .graph
-            .search(vector, 2, None)?
-            .iter()
-            .any(|&(found, _)| found == key))
-    }
-
     /// See `VectorIndex::relink`.
     pub fn relink(&self, key: u64, vector: &[f32]) -> Result<(), IndexError> {
         self.graph.relink(key, vector)

@@ -491,19 +491,26 @@ impl Worker {
         inserts.par_iter().try_for_each(insert)?;
         // Concurrent inserts into one graph leave a rare node that no search reaches
         // (usearch 2.26, measured: about 1 in 500 in a graph of 150, 1 in 5,000 of
-        // 20,000; none inserted one at a time), so that its own embedding would not
-        // recall it. Each is found by a search for it and linked again, alone.
-        let unreachable: Vec<_> = inserts
-            .par_iter()
-            .filter_map(|entry| match entry.0.finds(entry.1, &entry.2) {
-                Ok(true) => None,
-                Ok(false) => Some(Ok(entry)),
-                Err(e) => Some(Err(e)),
-            })
-            .collect::<Result<_, IndexError>>()?;
-        for (space, key, embedding) in unreachable {
-            space.relink(*key, embedding)?;
-            self.counters.relinked.fetch_add(1, Ordering::Relaxed);
+        // 20,000), so that its own embedding would not recall it. Such a node is one that
+        // none of its own neighbours links back to: each is linked again, alone. Reading
+        // the links costs a sixtieth of searching for every new key, which this replaced
+        // (measured on 48,000 384-d vectors in batches of 4,096: 0.09 s against 5.5 s; of
+        // the 6 keys the searches missed, the 4 unlinked were the 4 this names). The
+        // space's audit catches the rest later (`SpaceIndex::relink_unreachable`).
+        for (space, _) in per_space(inserts) {
+            let batch: Vec<&Insert<'_>> = inserts
+                .iter()
+                .filter(|(s, _, _)| Arc::ptr_eq(s, space))
+                .collect();
+            let keys: Vec<u64> = batch.iter().map(|(_, key, _)| *key).collect();
+            for key in space.graph().unlinked(&keys) {
+                let (_, _, embedding) = batch
+                    .iter()
+                    .find(|(_, k, _)| *k == key)
+                    .expect("an unlinked key is one of the batch's");
+                space.relink(key, embedding)?;
+                self.counters.relinked.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Ok(())
     }
