@@ -70,6 +70,9 @@ async fn streamed_observations_are_recalled_while_streaming_and_after() {
     let stats = wait_indexed(&server);
     assert_eq!(space_stats(&stats, "e2e")["indexed"], 10_000);
     assert_eq!(stats["index"]["inserted"], 10_000);
+    // Every link of the space was audited as it grew (once 256 inserts and an eighth of
+    // the space came since the last).
+    assert!(stats["index"]["audits"].as_u64().unwrap() >= 1, "{stats}");
 
     // The CLI: by id and by vector, as JSON.
     let cli = |args: &[&str]| {

@@ -136,6 +136,8 @@ pub struct WorkerCounters {
     /// says why) and those a space's periodic audit of every link found
     /// (`SpaceIndex::relink_unreachable`).
     pub relinked: AtomicU64,
+    /// Audits of a space's every link (`SpaceIndex::relink_unreachable`).
+    pub audits: AtomicU64,
 }
 
 /// One observation of a batch to insert: its space's index, its key, its embedding.
@@ -459,6 +461,7 @@ impl Worker {
             if space.audit_due(count as u64) {
                 let started = std::time::Instant::now();
                 let relinked = space.relink_unreachable()?.len();
+                self.counters.audits.fetch_add(1, Ordering::Relaxed);
                 let ms = started.elapsed().as_secs_f64() * 1e3;
                 if relinked > 0 {
                     tracing::info!(

@@ -182,6 +182,7 @@ async fn stats(State(readiness): State<Readiness>) -> (StatusCode, Json<serde_js
                 "panics": counters.panics.load(load),
                 "duplicates": counters.duplicates.load(load),
                 "relinked": counters.relinked.load(load),
+                "audits": counters.audits.load(load),
                 "checkpoints_written": engine.checkpoint_counts().0,
                 "checkpoints_failed": engine.checkpoint_counts().1,
                 "spaces": spaces,
