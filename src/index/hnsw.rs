@@ -467,14 +467,7 @@ mod tests {
 
     #[test]
     fn an_exact_search_finds_the_true_best_where_a_poor_graph_walk_does_not() {
-        // A graph wired as poorly as usearch allows: two links, a beam of one.
-        let poor = IndexParams {
-            m: 2,
-            ef_construction: 1,
-            ef_search: 1,
-            quantization: Quantization::F32,
-            ..IndexParams::default()
-        };
+        let poor = IndexParams::poorly_wired(2);
         for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
             let data = vectors(600, 8);
             let hnsw = Hnsw::new(8, metric, &poor).unwrap();
@@ -530,13 +523,7 @@ mod tests {
 
     #[test]
     fn the_audit_names_exactly_the_nodes_no_walk_reaches() {
-        let poor = IndexParams {
-            m: 2,
-            ef_construction: 1,
-            ef_search: 1,
-            quantization: Quantization::F32,
-            ..IndexParams::default()
-        };
+        let poor = IndexParams::poorly_wired(2);
         let data = vectors(3000, 8);
         let hnsw = Hnsw::new(8, Metric::Cosine, &poor).unwrap();
         std::thread::scope(|s| {
@@ -570,13 +557,7 @@ mod tests {
 
     #[test]
     fn unlinked_names_the_nodes_their_neighbours_do_not_link_back_to() {
-        let poor = IndexParams {
-            m: 4,
-            ef_construction: 1,
-            ef_search: 1,
-            quantization: Quantization::F32,
-            ..IndexParams::default()
-        };
+        let poor = IndexParams::poorly_wired(4);
         let data = vectors(4000, 4);
         let hnsw = Hnsw::new(4, Metric::L2, &poor).unwrap();
         for (key, v) in data.iter().enumerate() {

@@ -122,6 +122,22 @@ pub fn scale_to_unit_length(vector: &mut [f32]) {
     }
 }
 
+#[cfg(test)]
+impl IndexParams {
+    /// A graph wired as poorly as usearch allows with `m` links: a beam of one while
+    /// inserting and searching, exact vectors. Its walks miss, and it leaves nodes that
+    /// nothing links to: what the tests of exact search and of the repairs need.
+    pub(crate) fn poorly_wired(m: usize) -> IndexParams {
+        IndexParams {
+            m,
+            ef_construction: 1,
+            ef_search: 1,
+            quantization: Quantization::F32,
+            ..IndexParams::default()
+        }
+    }
+}
+
 impl Default for IndexParams {
     fn default() -> IndexParams {
         IndexParams {

@@ -399,11 +399,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::open(dir.path(), WalConfig::default()).unwrap();
         let poor = |exact_search_max| IndexParams {
-            m: 2,
-            ef_construction: 1,
-            ef_search: 1,
             exact_search_max,
-            ..IndexParams::default()
+            quantization: Quantization::F16,
+            ..IndexParams::poorly_wired(2)
         };
         let count = 500u64;
         let exact = SpaceIndexes::new(poor(count as usize), 1);

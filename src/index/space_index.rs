@@ -382,16 +382,9 @@ mod tests {
 
     #[test]
     fn relinking_the_unreachable_links_every_node_again_and_audits_come_by_an_eighth() {
-        use crate::index::Quantization;
         // Poorly wired, so that inserts one at a time leave hundreds of nodes unlinked
         // (measured: about 700 of 4,000; fewer links still and relinking cannot keep up).
-        let poor = IndexParams {
-            m: 4,
-            ef_construction: 1,
-            ef_search: 1,
-            quantization: Quantization::F32,
-            ..IndexParams::default()
-        };
+        let poor = IndexParams::poorly_wired(4);
         let indexes = SpaceIndexes::new(poor, 1);
         let space = indexes.get_or_create("s", 4, Metric::L2).unwrap();
         let mut rng = rand::rng();
