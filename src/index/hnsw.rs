@@ -315,20 +315,14 @@ impl VectorIndex for Hnsw {
     fn unlinked(&self, keys: &[u64]) -> Vec<u64> {
         let graph = self.graph.read().expect("graph lock");
         let (mut linked, mut back) = (Vec::new(), Vec::new());
-        let links_of = |key: u64, out: &mut Vec<u64>| {
-            let mut neighbors = graph.neighbors(key, 0);
-            out.resize(neighbors.total(), 0);
-            let count = neighbors.drain_into(out);
-            out.truncate(count);
-        };
         keys.iter()
             .copied()
             .filter(|&key| {
-                links_of(key, &mut linked);
+                read_links(&graph, key, 0, &mut linked);
                 // A node alone in the graph has nothing to be linked from.
                 !linked.is_empty()
                     && !linked.iter().any(|&neighbor| {
-                        links_of(neighbor, &mut back);
+                        read_links(&graph, neighbor, 0, &mut back);
                         back.contains(&key)
                     })
             })
@@ -355,10 +349,8 @@ impl VectorIndex for Hnsw {
         let mut linked = Vec::new();
         while let Some(key) = frontier.pop() {
             for level in 0..=levels[key as usize].expect("only keys in the graph are reached") {
-                let mut neighbors = graph.neighbors(key, level);
-                linked.resize(neighbors.total(), 0);
-                let count = neighbors.drain_into(&mut linked);
-                for &next in &linked[..count] {
+                read_links(&graph, key, level, &mut linked);
+                for &next in &linked {
                     // A link to a removed node's slot carries usearch's free key.
                     let fresh = next < key_bound
                         && levels[next as usize].is_some()
@@ -380,6 +372,14 @@ impl VectorIndex for Hnsw {
         let _slot = self.slots.take();
         graph.save(&path_str(path)?).map_err(library)
     }
+}
+
+/// The keys `key` links to at `level`, into `out` (reused between calls).
+fn read_links(graph: &usearch::Index, key: u64, level: usize, out: &mut Vec<u64>) {
+    let mut neighbors = graph.neighbors(key, level);
+    out.resize(neighbors.total(), 0);
+    let count = neighbors.drain_into(out);
+    out.truncate(count);
 }
 
 fn library(e: impl std::fmt::Display) -> IndexError {
