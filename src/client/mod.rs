@@ -396,6 +396,14 @@ impl Session {
         settled
     }
 
+    /// Waits until the server's frames change the progress: an ack, a refusal, a load
+    /// state. Never returns once the session has ended.
+    pub async fn settled_changed(&mut self) {
+        if self.progress.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Waits until every observation up to `seq` is acknowledged.
     pub async fn wait_acked(&mut self, seq: u64) -> Result<Progress, ClientError> {
         let progress = self

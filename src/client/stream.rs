@@ -185,6 +185,21 @@ impl ObservationStream {
         }
     }
 
+    /// Waits until the server acknowledges or refuses something more, then takes it in
+    /// (`poll_acked`). For a caller that times acks as they arrive instead of at its next
+    /// send. While the connection is lost it waits until the next send reconnects.
+    pub async fn wait_settled(&mut self) {
+        if let Some(session) = self.session.as_mut() {
+            session.settled_changed().await;
+        }
+        self.poll_acked();
+    }
+
+    /// Observations sent and neither acknowledged nor refused yet.
+    pub fn unacknowledged(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Observations acknowledged (durable) since the last call, in order.
     pub fn take_acked(&mut self) -> Vec<Observation> {
         std::mem::take(&mut self.acked)

@@ -449,7 +449,14 @@ fn run_quic(args: &Args) -> anyhow::Result<Report> {
                     let start = Instant::now();
                     for (i, &n) in mine.iter().enumerate() {
                         if let Some(interval) = interval {
-                            tokio::time::sleep_until((start + interval * i as u32).into()).await;
+                            let due = tokio::time::Instant::from_std(start + interval * i as u32);
+                            // Acks are timed as they arrive, not at the next send.
+                            loop {
+                                tokio::select! {
+                                    () = tokio::time::sleep_until(due) => break,
+                                    () = stream.wait_settled() => tally.account(&mut stream),
+                                }
+                            }
                         }
                         let space = if spaces > 1 {
                             format!("{space}-{}", n % spaces)
@@ -468,6 +475,11 @@ fn run_quic(args: &Args) -> anyhow::Result<Report> {
                             .await?;
                         tally.sent();
                         stream.poll_acked();
+                        tally.account(&mut stream);
+                    }
+                    // Each ack of the last window timed as it arrives, not when all are in.
+                    while stream.unacknowledged() > 0 {
+                        stream.wait_oldest_acked().await?;
                         tally.account(&mut stream);
                     }
                     stream.flush().await?;
