@@ -53,3 +53,36 @@ async fn sessions_dropped_without_goodbye_leave_no_tasks_behind() {
     }
     assert!(server.terminate().success());
 }
+
+/// `wait_settled` wakes for each ack as it arrives, with nothing else sent: a load
+/// generator times acks with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_settled_takes_in_each_ack_as_it_arrives() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let mut stream =
+        engram::client::ObservationStream::connect(server.options("settler"), Default::default())
+            .await
+            .unwrap();
+    for n in 0..3 {
+        let sent = observation(3, "settled", "s-", n, 8, Distribution::Uniform);
+        stream.send(sent.clone()).await.unwrap();
+        assert_eq!(stream.unacknowledged(), 1);
+        let acked = tokio::time::timeout(WIND_DOWN, async {
+            loop {
+                stream.wait_settled().await;
+                let acked = stream.take_acked();
+                if !acked.is_empty() {
+                    return acked;
+                }
+            }
+        })
+        .await
+        .expect("wait_settled takes in the ack");
+        assert_eq!(acked.len(), 1);
+        assert_eq!(acked[0].id, sent.id);
+        assert_eq!(stream.unacknowledged(), 0);
+    }
+    stream.close().await.unwrap();
+    assert!(server.terminate().success());
+}
