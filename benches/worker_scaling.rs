@@ -87,6 +87,7 @@ fn index_all(reader: &WalReader, dir: &std::path::Path, workers: usize, count: u
         policy,
         Lsn::FIRST,
         IndexPriority::default(),
+        engram::ingest::workers::default_workers(),
     )
     .unwrap();
     // Polling the watermark: a bench's stopwatch, not a test's synchronisation.

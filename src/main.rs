@@ -168,17 +168,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         (1..=1024).contains(&args.index_workers)
+            && (1..=1024).contains(&args.index_insert_threads)
             && (2..=256).contains(&args.hnsw_m)
             && (1..=4096).contains(&args.hnsw_ef_construction)
             && (1..=4096).contains(&args.hnsw_ef_search)
             && args.exact_search_max <= 100_000
             && (0..=19).contains(&args.index_nice),
-        "index settings out of range: index_workers 1..=1024, hnsw_m 2..=256, \
+        "index settings out of range: index_workers and index_insert_threads 1..=1024, hnsw_m 2..=256, \
          hnsw_ef_construction and hnsw_ef_search 1..=4096, exact_search_max 0..=100000, \
          index_nice 0..=19"
     );
     let index = IndexConfig {
         workers: args.index_workers.max(1),
+        insert_threads: args.index_insert_threads.max(1),
         priority: if args.index_sched_idle {
             IndexPriority::Idle
         } else {

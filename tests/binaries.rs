@@ -298,3 +298,36 @@ fn index_threads_run_below_ingest_at_the_configured_priority() {
         server.terminate();
     }
 }
+
+/// The index threads of `pid` by kind, (workers, insert threads), once they reach
+/// `wanted` or the deadline passes: each names itself as it starts.
+fn index_thread_counts(pid: u32, wanted: (usize, usize)) -> (usize, usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let workers = thread_priorities(pid, "engram-index-")
+            .iter()
+            .filter(|(name, _, _)| name != "engram-index-la")
+            .count();
+        let inserters = thread_priorities(pid, "engram-insert-").len();
+        if (workers, inserters) == wanted || std::time::Instant::now() > deadline {
+            return (workers, inserters);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn index_workers_and_insert_threads_bound_the_threads_that_index() {
+    for (workers, inserters) in [(1, 1), (3, 2)] {
+        let data = tempfile::tempdir().unwrap();
+        let (w, i) = (workers.to_string(), inserters.to_string());
+        let flags = ["--index-workers", &w, "--index-insert-threads", &i];
+        let server = common::server::Server::start(data.path(), &flags);
+        assert_eq!(
+            index_thread_counts(server.child.id(), (workers, inserters)),
+            (workers, inserters),
+            "{flags:?}: index workers and insert threads"
+        );
+        server.terminate();
+    }
+}

@@ -71,6 +71,12 @@ pub struct ServeArgs {
     /// over them. Default: one per core.
     #[arg(long, env = "ENGRAM_INDEX_WORKERS", default_value_t = engram::ingest::workers::default_workers(), value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
     pub index_workers: usize,
+    /// Threads the inserts of one batch are spread over, so that a single busy space
+    /// can use several cores. Default: one per core. With `--index-workers 1` and 1 here
+    /// the index uses at most one core and leaves the rest to ingest: the low-latency
+    /// profile of docs/operations/streaming-tuning.md.
+    #[arg(long, env = "ENGRAM_INDEX_INSERT_THREADS", default_value_t = engram::ingest::workers::default_workers(), value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
+    pub index_insert_threads: usize,
     /// The nice value (0-19) of the index threads. Above the threads that acknowledge
     /// observations and answer recalls (0), so indexing yields the cores to them and takes
     /// what they leave; 0 gives indexing an equal share.
@@ -201,6 +207,7 @@ struct ConfigFile {
     wal_commit_bytes_max: Option<u64>,
     wal_recovery_mode: Option<String>,
     index_workers: Option<usize>,
+    index_insert_threads: Option<usize>,
     index_nice: Option<i32>,
     index_sched_idle: Option<bool>,
     hnsw_m: Option<usize>,
@@ -265,6 +272,7 @@ pub fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyh
     fill!(wal_commit_window_us, anyhow::Ok);
     fill!(wal_commit_bytes_max, anyhow::Ok);
     fill!(index_workers, anyhow::Ok);
+    fill!(index_insert_threads, anyhow::Ok);
     fill!(index_nice, anyhow::Ok);
     fill!(index_sched_idle, anyhow::Ok);
     fill!(hnsw_m, anyhow::Ok);

@@ -135,6 +135,7 @@ impl Engine {
             checkpoints.clone(),
             reader.oldest_lsn(),
             index.priority,
+            index.insert_threads,
         )
         .map_err(EngineError::Workers)?;
         Ok(Engine {

@@ -64,6 +64,9 @@ impl Default for IndexPriority {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexConfig {
     pub workers: usize,
+    /// Threads one batch's inserts are spread over (the insert pool), shared by the
+    /// workers. With one worker and one insert thread the index uses at most one core.
+    pub insert_threads: usize,
     /// The priority of every index thread: the workers and the pool that spreads a
     /// batch's inserts over the cores.
     pub priority: IndexPriority,
@@ -78,6 +81,7 @@ impl Default for IndexConfig {
     fn default() -> IndexConfig {
         IndexConfig {
             workers: default_workers(),
+            insert_threads: default_workers(),
             priority: IndexPriority::default(),
             params: IndexParams::default(),
             checkpoint_records: super::checkpointer::CHECKPOINT_RECORDS_DEFAULT,
@@ -113,10 +117,11 @@ fn set_thread_priority(priority: IndexPriority) {
     }
 }
 
-/// The threads a batch's inserts are spread over: one per core, at the workers' priority.
-fn insert_pool(priority: IndexPriority) -> std::io::Result<rayon::ThreadPool> {
+/// The threads a batch's inserts are spread over, at the workers' priority.
+fn insert_pool(priority: IndexPriority, threads: usize) -> std::io::Result<rayon::ThreadPool> {
+    assert!(threads >= 1, "an insert pool needs a thread");
     rayon::ThreadPoolBuilder::new()
-        .num_threads(default_workers())
+        .num_threads(threads)
         .thread_name(|i| format!("engram-insert-{i}"))
         .start_handler(move |_| set_thread_priority(priority))
         .build()
@@ -172,10 +177,11 @@ impl IndexWorkers {
         checkpoints: Arc<CheckpointPolicy>,
         from: Lsn,
         priority: IndexPriority,
+        insert_threads: usize,
     ) -> std::io::Result<IndexWorkers> {
         let (stop, _) = watch::channel(false);
         let counters = Arc::new(WorkerCounters::default());
-        let pool = Arc::new(insert_pool(priority)?);
+        let pool = Arc::new(insert_pool(priority, insert_threads)?);
         let mut handles = Vec::new();
         for worker in 0..indexes.workers() {
             let cursor = reader.cursor(from);
@@ -627,10 +633,10 @@ mod tests {
 
     #[test]
     fn every_thread_of_the_insert_pool_runs_at_the_given_priority() {
-        let pool = insert_pool(IndexPriority::Nice(7)).unwrap();
+        let pool = insert_pool(IndexPriority::Nice(7), 3).unwrap();
         let nices = pool.broadcast(|_| own_nice());
-        assert_eq!(nices, vec![7; pool.current_num_threads()]);
-        let pool = insert_pool(IndexPriority::Idle).unwrap();
+        assert_eq!(nices, vec![7; 3]);
+        let pool = insert_pool(IndexPriority::Idle, 2).unwrap();
         let policies = pool.broadcast(|_| own_policy());
         assert_eq!(policies, vec![libc::SCHED_IDLE; pool.current_num_threads()]);
     }

@@ -49,6 +49,7 @@ fn wal_config() -> WalConfig {
 fn index_config() -> IndexConfig {
     IndexConfig {
         workers: 2,
+        insert_threads: 2,
         priority: Default::default(),
         // Exact vectors, so a stored embedding compares equal to the one sent.
         params: IndexParams {
