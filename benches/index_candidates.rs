@@ -165,6 +165,8 @@ fn engram_graph(
         ef_construction: EF_CONSTRUCTION,
         ef_search: EF_SEARCH,
         quantization,
+        // The graph is what is compared: no exact scan of small spaces.
+        exact_search_max: 0,
     };
     let graph = engram::index::Hnsw::new(DIM as u32, metric, &params).unwrap();
     graph.reserve(n).unwrap();
