@@ -239,3 +239,41 @@ fn truncation_removes_whole_segments_below_an_lsn_and_lsns_never_restart() {
         Lsn(201)
     );
 }
+
+/// A segment keeps the torn window it was created with. Reopened with a smaller
+/// commit_bytes_max, the log still fills that segment's wider commits, without growing the
+/// committer's buffer (a debug assertion at every write) and without losing a record.
+#[test]
+fn a_segment_from_a_run_with_wider_commits_is_appended_to_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let wide = WalConfig {
+        commit_bytes_max: 256 << 10,
+        ..small_config(4 << 20)
+    };
+    let wal = Wal::open(dir.path(), wide.clone()).unwrap();
+    wal.append_blocking(vec![entry(0, 0, 100)]).unwrap();
+    drop(wal);
+
+    let narrow = small_config(4 << 20);
+    assert!(narrow.torn_window_bytes() < wide.torn_window_bytes());
+    let wal = Wal::open(dir.path(), narrow).unwrap();
+    // One append of about 200 KiB: one commit in the old segment's window.
+    let batch: Vec<_> = (1..=50).map(|seq| entry(0, seq, 4000)).collect();
+    let range = wal.append_blocking(batch).unwrap();
+    assert_eq!(
+        range,
+        LsnRange {
+            first: Lsn(2),
+            last: Lsn(51)
+        }
+    );
+    drop(wal);
+    let (records, scan) = read_all(dir.path());
+    assert!(scan.corruption.is_none(), "{scan:?}");
+    assert_eq!(records.len(), 51);
+    for (n, (lsn, bytes)) in records.iter().enumerate() {
+        assert_eq!(*lsn, Lsn(n as u64 + 1));
+        let len = if n == 0 { 100 } else { 4000 };
+        assert_eq!(bytes, &payload(0, n as u32, len));
+    }
+}

@@ -7,7 +7,6 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::config::WalConfig;
 use super::error::{Result, WalError};
 use super::format::{
     aligned_commit_end, commit_frames_max, encode_padding, encode_record, frame_len,
@@ -31,10 +30,12 @@ pub(crate) struct Committer {
     /// Where the next frame goes in the active segment.
     write_offset: u64,
     /// Frames encoded but not yet written; they start at `buffer_offset` in the segment.
-    /// Allocated and touched once, at its largest (`commit_buffer_bytes`): growing it
-    /// under load faulted in fresh pages while appenders waited (8-11 ms stalls measured
-    /// on this machine's VM, docs/performance.md).
+    /// Allocated and touched once, at its largest (`buffer_bytes_max`): growing it under
+    /// load faulted in fresh pages while appenders waited (8-15 ms stalls measured on
+    /// this machine's VM, docs/performance.md).
     buffer: Vec<u8>,
+    /// The most one commit stages: a torn window of frames and the padding to a page.
+    buffer_bytes_max: usize,
     buffer_offset: u64,
     next_lsn: Lsn,
     /// Appends whose frames are all encoded, waiting for the sync that covers them.
@@ -54,13 +55,20 @@ impl Committer {
             Some((segment, offset)) => (Some(segment), offset),
             None => (None, FIRST_RECORD_OFFSET),
         };
-        let buffer = touched_buffer(commit_buffer_bytes(&shared.config));
+        // The active segment may come from an earlier run with a wider torn window.
+        let torn_window_bytes = active
+            .as_ref()
+            .map_or(0, |s: &Arc<Segment>| s.header().torn_window_bytes)
+            .max(shared.config.torn_window_bytes());
+        let buffer_bytes_max = (torn_window_bytes + COMMIT_ALIGN_BYTES) as usize;
+        let buffer = touched_buffer(buffer_bytes_max);
         Committer {
             shared,
             receiver,
             active,
             write_offset,
             buffer,
+            buffer_bytes_max,
             buffer_offset: write_offset,
             next_lsn,
             waiting: Vec::new(),
@@ -227,7 +235,7 @@ impl Committer {
     /// have dropped the dirty pages, and a retry can "succeed" without them (fsyncgate).
     fn write_buffer_synced(&mut self, segment: &Segment) -> std::result::Result<(), String> {
         debug_assert!(
-            self.buffer.len() <= commit_buffer_bytes(&self.shared.config),
+            self.buffer.len() <= self.buffer_bytes_max,
             "a commit staged past the buffer reserved for it, so the buffer grew under load"
         );
         let file = segment.file();
@@ -338,11 +346,6 @@ impl Committer {
             let _ = done.send(Err(self.shared.failed().expect("failure is latched")));
         }
     }
-}
-
-/// The most one commit stages: a torn window of frames and the padding to a page boundary.
-fn commit_buffer_bytes(config: &WalConfig) -> usize {
-    (config.torn_window_bytes() + COMMIT_ALIGN_BYTES) as usize
 }
 
 /// An empty buffer with `bytes` of capacity whose pages are already faulted in.
