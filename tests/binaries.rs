@@ -243,9 +243,13 @@ fn thread_priorities(pid: u32, prefix: &str) -> Vec<(String, i64, i64)> {
     found
 }
 
-/// Polls until every index thread of `pid` (workers and insert pool) has `policy` and
-/// `nice`: each sets its own as it starts, which may be just after "engram is up".
-fn index_threads_reach(pid: u32, policy: i64, nice: i64) -> Vec<(String, i64, i64)> {
+/// The index threads of `pid` (workers and insert pool, not the lag gauge), polled until
+/// `done` says so or a deadline passes: each thread names itself and sets its own
+/// priority as it starts, which may be just after "engram is up".
+fn index_threads_until(
+    pid: u32,
+    done: impl Fn(&[(String, i64, i64)]) -> bool,
+) -> Vec<(String, i64, i64)> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let threads: Vec<_> = ["engram-index-", "engram-insert-"]
@@ -255,21 +259,28 @@ fn index_threads_reach(pid: u32, policy: i64, nice: i64) -> Vec<(String, i64, i6
             // normal priority, so that backpressure follows the log at once.
             .filter(|(name, _, _)| name != "engram-index-la")
             .collect();
-        let workers = threads
-            .iter()
-            .filter(|t| t.0.starts_with("engram-index-"))
-            .count();
-        let pool = threads
-            .iter()
-            .filter(|t| t.0.starts_with("engram-insert-"))
-            .count();
-        let settled =
-            workers > 0 && pool > 0 && threads.iter().all(|t| (t.1, t.2) == (policy, nice));
-        if settled || std::time::Instant::now() > deadline {
+        if done(&threads) || std::time::Instant::now() > deadline {
             return threads;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// How many of `threads` are workers and how many insert threads.
+fn index_thread_counts(threads: &[(String, i64, i64)]) -> (usize, usize) {
+    let workers = threads
+        .iter()
+        .filter(|t| t.0.starts_with("engram-index-"))
+        .count();
+    (workers, threads.len() - workers)
+}
+
+/// Polls until every index thread of `pid` has `policy` and `nice`.
+fn index_threads_reach(pid: u32, policy: i64, nice: i64) -> Vec<(String, i64, i64)> {
+    index_threads_until(pid, |threads| {
+        let (workers, pool) = index_thread_counts(threads);
+        workers > 0 && pool > 0 && threads.iter().all(|t| (t.1, t.2) == (policy, nice))
+    })
 }
 
 #[test]
@@ -299,23 +310,6 @@ fn index_threads_run_below_ingest_at_the_configured_priority() {
     }
 }
 
-/// The index threads of `pid` by kind, (workers, insert threads), once they reach
-/// `wanted` or the deadline passes: each names itself as it starts.
-fn index_thread_counts(pid: u32, wanted: (usize, usize)) -> (usize, usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let workers = thread_priorities(pid, "engram-index-")
-            .iter()
-            .filter(|(name, _, _)| name != "engram-index-la")
-            .count();
-        let inserters = thread_priorities(pid, "engram-insert-").len();
-        if (workers, inserters) == wanted || std::time::Instant::now() > deadline {
-            return (workers, inserters);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn index_workers_and_insert_threads_bound_the_threads_that_index() {
     for (workers, inserters) in [(1, 1), (3, 2)] {
@@ -323,9 +317,13 @@ fn index_workers_and_insert_threads_bound_the_threads_that_index() {
         let (w, i) = (workers.to_string(), inserters.to_string());
         let flags = ["--index-workers", &w, "--index-insert-threads", &i];
         let server = common::server::Server::start(data.path(), &flags);
+        let wanted = (workers, inserters);
+        let threads = index_threads_until(server.child.id(), |threads| {
+            index_thread_counts(threads) == wanted
+        });
         assert_eq!(
-            index_thread_counts(server.child.id(), (workers, inserters)),
-            (workers, inserters),
+            index_thread_counts(&threads),
+            wanted,
             "{flags:?}: index workers and insert threads"
         );
         server.terminate();
