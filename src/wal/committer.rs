@@ -55,12 +55,17 @@ impl Committer {
             Some((segment, offset)) => (Some(segment), offset),
             None => (None, FIRST_RECORD_OFFSET),
         };
-        // The active segment may come from an earlier run with a wider torn window.
-        let torn_window_bytes = active
-            .as_ref()
-            .map_or(0, |s: &Arc<Segment>| s.header().torn_window_bytes)
-            .max(shared.config.torn_window_bytes());
-        let buffer_bytes_max = (torn_window_bytes + COMMIT_ALIGN_BYTES) as usize;
+        // The active segment may come from an earlier run with a wider torn window. No
+        // commit holds more than its segment, whatever the window says.
+        let commit_max = |torn_window: u64, capacity: u64| {
+            (torn_window + COMMIT_ALIGN_BYTES).min(capacity) as usize
+        };
+        let config = &shared.config;
+        let buffer_bytes_max = active.as_ref().map_or(0, |s: &Arc<Segment>| {
+            commit_max(s.header().torn_window_bytes, s.capacity())
+        });
+        let buffer_bytes_max =
+            buffer_bytes_max.max(commit_max(config.torn_window_bytes(), config.segment_bytes));
         let buffer = touched_buffer(buffer_bytes_max);
         Committer {
             shared,
