@@ -82,7 +82,12 @@ async fn traffic_moves_every_metric_and_the_space_label_is_bounded() {
         let (stop, addr) = (stop.clone(), server.http_addr);
         tokio::task::spawn_blocking(move || {
             let (mut depth, mut state, mut busy, mut lag) = (0f64, 0f64, 0f64, 0f64);
-            while !stop.load(Ordering::Relaxed) {
+            // Utilization is published per window of a second: a push shorter than that
+            // ends before the first window closes, so sampling goes on until it does.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !stop.load(Ordering::Relaxed)
+                || (busy == 0.0 && std::time::Instant::now() < deadline)
+            {
                 let scrape = Scrape::parse(&fetch(addr));
                 depth = depth.max(scrape.get("engram_streaming_queue_depth"));
                 state = state.max(scrape.get("engram_streaming_backpressure_state"));
