@@ -1,7 +1,9 @@
 //! `worker_scaling`: indexed observations per second by the ingest workers, with 1, 2, 4
-//! and 8 workers over 4 spaces. The log is written first (384-d clustered synthetic
-//! observations); each sample starts fresh workers on empty indexes and times them
-//! indexing it from the start, as after a restart without checkpoints.
+//! and 8 workers over 4 spaces and an insert thread per core, and with the index kept to
+//! one core (1 worker, 1 insert thread: the low-latency profile). The log is written
+//! first (384-d clustered synthetic observations); each sample starts fresh workers on
+//! empty indexes and times them indexing it from the start, as after a restart without
+//! checkpoints.
 //!
 //!   ENGRAM_BENCH_INDEXED=20000 cargo bench --bench worker_scaling
 
@@ -50,24 +52,32 @@ fn worker_scaling(c: &mut Criterion) {
     let mut group = c.benchmark_group("worker_scaling");
     group.sample_size(10);
     group.throughput(Throughput::Elements(count));
-    for workers in [1usize, 2, 4, 8] {
-        group.bench_with_input(
-            BenchmarkId::from_parameter(workers),
-            &workers,
-            |b, &workers| {
-                b.iter_custom(|iters| {
-                    (0..iters)
-                        .map(|_| index_all(&reader, dir.path(), workers, count))
-                        .sum()
-                })
-            },
-        );
+    let cores = engram::ingest::workers::default_workers();
+    let cases = [1usize, 2, 4, 8]
+        .map(|workers| (BenchmarkId::from_parameter(workers), workers, cores))
+        .into_iter()
+        .chain([(BenchmarkId::new("one_insert_thread", 1), 1, 1)]);
+    for (id, workers, insert_threads) in cases {
+        group.bench_function(id, |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| index_all(&reader, dir.path(), workers, insert_threads, count))
+                    .sum()
+            })
+        });
     }
     group.finish();
 }
 
-/// Starts `workers` workers on empty indexes and waits until they indexed the whole log.
-fn index_all(reader: &WalReader, dir: &std::path::Path, workers: usize, count: u64) -> Duration {
+/// Starts `workers` workers (sharing `insert_threads`) on empty indexes and waits until
+/// they indexed the whole log.
+fn index_all(
+    reader: &WalReader,
+    dir: &std::path::Path,
+    workers: usize,
+    insert_threads: usize,
+    count: u64,
+) -> Duration {
     let durable = reader.durable_lsn();
     let indexes = Arc::new(SpaceIndexes::new(IndexParams::default(), workers));
     let policy = Arc::new(CheckpointPolicy {
@@ -87,7 +97,7 @@ fn index_all(reader: &WalReader, dir: &std::path::Path, workers: usize, count: u
         policy,
         Lsn::FIRST,
         IndexPriority::default(),
-        engram::ingest::workers::default_workers(),
+        insert_threads,
     )
     .unwrap();
     // Polling the watermark: a bench's stopwatch, not a test's synchronisation.
@@ -104,7 +114,7 @@ fn index_all(reader: &WalReader, dir: &std::path::Path, workers: usize, count: u
     let indexed: usize = indexes.all().iter().map(|s| s.len()).sum();
     assert_eq!(indexed as u64, count);
     eprintln!(
-        "worker_scaling workers={workers}: {:.0} indexed obs/s",
+        "worker_scaling workers={workers} insert_threads={insert_threads}: {:.0} indexed obs/s",
         count as f64 / took.as_secs_f64()
     );
     took
