@@ -86,3 +86,42 @@ async fn wait_settled_takes_in_each_ack_as_it_arrives() {
     stream.close().await.unwrap();
     assert!(server.terminate().success());
 }
+
+/// A stream dropped twice in quick succession reconnects twice: the second drop must
+/// not land on a session already lost but not yet noticed (CI once saw 2 connects for
+/// 2 drops when the writer had not yet written after the first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_session_refuses_the_next_send_at_once() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let mut session = Session::connect(&server.options("aborter"), None)
+        .await
+        .unwrap();
+    let first = observation(3, "aborted", "a-", 0, 8, Distribution::Uniform);
+    let seq = session.send(&first).await.unwrap();
+    session.wait_acked(seq).await.unwrap();
+    session.abort();
+    let second = observation(3, "aborted", "a-", 1, 8, Distribution::Uniform);
+    match session.send(&second).await {
+        Err(engram::client::ClientError::Stream(_)) => {}
+        other => panic!("a send after abort must fail as a lost stream, got {other:?}"),
+    }
+
+    let mut stream =
+        engram::client::ObservationStream::connect(server.options("aborter"), Default::default())
+            .await
+            .unwrap();
+    for n in 2..6 {
+        stream.abort_connection();
+        let sent = observation(3, "aborted", "a-", n, 8, Distribution::Uniform);
+        stream.send(sent).await.unwrap();
+    }
+    stream.flush().await.unwrap();
+    assert_eq!(
+        stream.connects, 5,
+        "one connect, then one after each of 4 drops"
+    );
+    assert_eq!(stream.take_acked().len(), 4);
+    stream.close().await.unwrap();
+    assert!(server.terminate().success());
+}

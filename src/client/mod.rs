@@ -146,6 +146,9 @@ pub struct Session {
     /// Shared with the task that reads the server's frames; taking refusals writes too.
     progress_tx: std::sync::Arc<watch::Sender<Progress>>,
     next_seq: u64,
+    /// Set by `abort`: the writer learns of the closed connection only when it next
+    /// writes, so until then frames would still queue into a session known to be lost.
+    aborted: std::sync::atomic::AtomicBool,
     pub session_id: u64,
     pub resume_token: [u8; RESUME_TOKEN_BYTES],
     pub limits: Limits,
@@ -221,6 +224,7 @@ impl Session {
             progress,
             progress_tx: tx,
             next_seq: last_acked_seq + 1,
+            aborted: std::sync::atomic::AtomicBool::new(false),
             session_id,
             resume_token,
             limits,
@@ -238,6 +242,11 @@ impl Session {
 
     /// Hands an encoded frame to the writer; its error if it has stopped.
     async fn queue(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), ClientError> {
+        if self.aborted.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ClientError::Stream(StreamError::Write(
+                std::io::ErrorKind::ConnectionAborted.into(),
+            )));
+        }
         if self.outbox.push(encode).await.is_ok() {
             return Ok(());
         }
@@ -426,6 +435,8 @@ impl Session {
 
     /// Drops the connection at once, as a network failure would (for tests and tools).
     pub fn abort(&self) {
+        self.aborted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.connection.close(1u32.into(), b"aborted");
     }
 
