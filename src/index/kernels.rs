@@ -40,16 +40,14 @@ pub fn install_own(
             other => other,
         };
         match (half, metric) {
-            (false, Metric::Cosine) => graph.change_metric(avx2::kernel::<false, COSINE, f32>(dim)),
-            (false, Metric::Dot) => graph.change_metric(avx2::kernel::<false, DOT, f32>(dim)),
-            (false, Metric::L2) => graph.change_metric(avx2::kernel::<false, L2, f32>(dim)),
+            (false, Metric::Cosine) => graph.change_metric(kernel::<false, COSINE, f32>(dim)),
+            (false, Metric::Dot) => graph.change_metric(kernel::<false, DOT, f32>(dim)),
+            (false, Metric::L2) => graph.change_metric(kernel::<false, L2, f32>(dim)),
             (true, Metric::Cosine) => {
-                graph.change_metric(avx2::kernel::<true, COSINE, usearch::f16>(dim))
+                graph.change_metric(kernel::<true, COSINE, usearch::f16>(dim))
             }
-            (true, Metric::Dot) => {
-                graph.change_metric(avx2::kernel::<true, DOT, usearch::f16>(dim))
-            }
-            (true, Metric::L2) => graph.change_metric(avx2::kernel::<true, L2, usearch::f16>(dim)),
+            (true, Metric::Dot) => graph.change_metric(kernel::<true, DOT, usearch::f16>(dim)),
+            (true, Metric::L2) => graph.change_metric(kernel::<true, L2, usearch::f16>(dim)),
         }
         return true;
     }
@@ -158,6 +156,49 @@ fn finish<const FORM: u8>(ab: f32, aa: f32, bb: f32) -> f32 {
     }
 }
 
+/// The closure usearch calls with two stored vectors: `f32` components, or `f16` ones
+/// when `HALF`. 16 lanes at a time where the CPU has AVX-512, else 8.
+#[cfg(target_arch = "x86_64")]
+fn kernel<const HALF: bool, const FORM: u8, T>(
+    dim: usize,
+) -> Box<dyn Fn(*const T, *const T) -> f32 + Send + Sync> {
+    assert!(
+        avx2::available(),
+        "the AVX2 kernels run only where the CPU has them"
+    );
+    // SAFETY (both closures): usearch passes two vectors of the graph's `dim`
+    // components, stored as the graph's scalar kind, which `install` matched to `HALF`;
+    // `available` checked the instructions the kernels are compiled for.
+    if avx512::available() {
+        Box::new(move |a, b| unsafe { measure::<true, HALF, FORM>(a.cast(), b.cast(), dim) })
+    } else {
+        Box::new(move |a, b| unsafe { measure::<false, HALF, FORM>(a.cast(), b.cast(), dim) })
+    }
+}
+
+/// The distance between `a` and `b`, with the query widened once when `HALF`
+/// (`QueryCache`); with the 16-lane kernel when `WIDE`.
+///
+/// # Safety
+/// As `avx2::distance` (and `avx512::distance` when `WIDE`), with both vectors f16 when
+/// `HALF` and f32 otherwise.
+#[cfg(target_arch = "x86_64")]
+unsafe fn measure<const WIDE: bool, const HALF: bool, const FORM: u8>(
+    a: *const u8,
+    b: *const u8,
+    dim: usize,
+) -> f32 {
+    // A widened query holds `dim` f32 components of the f16 vector `a` points at.
+    match (HALF, HALF.then(|| widened_query(a, dim)).flatten()) {
+        (true, Some(widened)) if WIDE => {
+            avx512::distance::<false, true, FORM>(widened.cast(), b, dim)
+        }
+        (true, Some(widened)) => avx2::distance::<false, true, FORM>(widened.cast(), b, dim),
+        _ if WIDE => avx512::distance::<HALF, HALF, FORM>(a, b, dim),
+        _ => avx2::distance::<HALF, HALF, FORM>(a, b, dim),
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -174,30 +215,6 @@ mod avx2 {
         is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
-    }
-
-    /// The closure usearch calls with two stored vectors: `f32` components, or `f16`
-    /// ones when `HALF`.
-    pub fn kernel<const HALF: bool, const FORM: u8, T>(
-        dim: usize,
-    ) -> Box<dyn Fn(*const T, *const T) -> f32 + Send + Sync> {
-        assert!(
-            available(),
-            "the AVX2 kernels run only where the CPU has them"
-        );
-        // SAFETY: usearch passes two vectors of the graph's `dim` components, stored as
-        // the graph's scalar kind, which `install` matched to `HALF`; `available` checked
-        // the instructions the kernel is compiled for. A widened query holds `dim` f32
-        // components of the f16 vector `a` points at.
-        Box::new(move |a, b| unsafe {
-            let (a, b) = (a.cast::<u8>(), b.cast::<u8>());
-            if HALF {
-                if let Some(widened) = super::widened_query(a, dim) {
-                    return distance::<false, true, FORM>(widened.cast(), b, dim);
-                }
-            }
-            distance::<HALF, HALF, FORM>(a, b, dim)
-        })
     }
 
     /// Eight components from `base`, component `at` on, as f32.
@@ -258,6 +275,19 @@ mod avx2 {
         }
     }
 
+    /// Asks for every cache line of `b`'s `dim` components at once: the candidate is
+    /// usually far from cache (a neighbour met in the graph), and one request per line
+    /// beats one miss after the other.
+    #[inline]
+    pub unsafe fn prefetch<const B_HALF: bool>(b: *const u8, dim: usize) {
+        let bytes = dim * if B_HALF { 2 } else { 4 };
+        let mut line = 0;
+        while line < bytes {
+            _mm_prefetch::<_MM_HINT_T0>(b.add(line).cast());
+            line += CACHE_LINE;
+        }
+    }
+
     /// # Safety
     /// `a` and `b` point at `dim` readable components each (f16 when `A_HALF` and
     /// `B_HALF`, else f32), and the CPU has AVX2, FMA and F16C.
@@ -267,17 +297,26 @@ mod avx2 {
         b: *const u8,
         dim: usize,
     ) -> f32 {
-        // The candidate `b` is usually far from cache (a neighbour met in the graph): ask
-        // for all its lines at once, rather than one miss after the other.
-        let bytes = dim * if B_HALF { 2 } else { 4 };
-        let mut line = 0;
-        while line < bytes {
-            _mm_prefetch::<_MM_HINT_T0>(b.add(line).cast());
-            line += CACHE_LINE;
-        }
+        prefetch::<B_HALF>(b, dim);
+        let (ab, aa, bb) = sums::<A_HALF, B_HALF, FORM>(a, b, 0, dim);
+        finish::<FORM>(ab, aa, bb)
+    }
+
+    /// a·b, a·a and b·b (for L2 the squared differences, then zeros) over components
+    /// `from..dim`.
+    ///
+    /// # Safety
+    /// As `distance`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn sums<const A_HALF: bool, const B_HALF: bool, const FORM: u8>(
+        a: *const u8,
+        b: *const u8,
+        from: usize,
+        dim: usize,
+    ) -> (f32, f32, f32) {
         let zero = _mm256_setzero_ps();
         let (mut ab, mut aa, mut bb) = ([zero; CHAINS], [zero; CHAINS], [zero; CHAINS]);
-        let mut at = 0;
+        let mut at = from;
         while at + WIDTH * CHAINS <= dim {
             for c in 0..CHAINS {
                 let (x, y) = (load::<A_HALF>(a, at), load::<B_HALF>(b, at));
@@ -301,7 +340,98 @@ mod avx2 {
                 bb += y * y;
             }
         }
-        finish::<FORM>(ab, aa, bb)
+        (ab, aa, bb)
+    }
+}
+
+/// The same kernels sixteen lanes wide, for CPUs with AVX-512 (hnswlib, compiled for
+/// the machine it runs on, uses them too). What is left past the last whole 16-lane
+/// register goes to the AVX2 kernel's loop.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{avx2, finish, COSINE, L2};
+
+    const WIDTH: usize = 16;
+    const CHAINS: usize = 4;
+
+    pub fn available() -> bool {
+        avx2::available() && is_x86_feature_detected!("avx512f")
+    }
+
+    /// Sixteen components from `base`, component `at` on, as f32.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load<const HALF: bool>(base: *const u8, at: usize) -> __m512 {
+        if HALF {
+            _mm512_cvtph_ps(_mm256_loadu_si256(base.add(at * 2).cast()))
+        } else {
+            _mm512_loadu_ps(base.add(at * 4).cast())
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn step<const FORM: u8>(
+        x: __m512,
+        y: __m512,
+        c: usize,
+        ab: &mut [__m512; CHAINS],
+        aa: &mut [__m512; CHAINS],
+        bb: &mut [__m512; CHAINS],
+    ) {
+        if FORM == L2 {
+            let d = _mm512_sub_ps(x, y);
+            ab[c] = _mm512_fmadd_ps(d, d, ab[c]);
+        } else {
+            ab[c] = _mm512_fmadd_ps(x, y, ab[c]);
+            if FORM == COSINE {
+                aa[c] = _mm512_fmadd_ps(x, x, aa[c]);
+                bb[c] = _mm512_fmadd_ps(y, y, bb[c]);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn horizontal_sum(chains: [__m512; CHAINS]) -> f32 {
+        _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(chains[0], chains[1]),
+            _mm512_add_ps(chains[2], chains[3]),
+        ))
+    }
+
+    /// # Safety
+    /// As `avx2::distance`, and the CPU has AVX-512F.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn distance<const A_HALF: bool, const B_HALF: bool, const FORM: u8>(
+        a: *const u8,
+        b: *const u8,
+        dim: usize,
+    ) -> f32 {
+        avx2::prefetch::<B_HALF>(b, dim);
+        let zero = _mm512_setzero_ps();
+        let (mut ab, mut aa, mut bb) = ([zero; CHAINS], [zero; CHAINS], [zero; CHAINS]);
+        let mut at = 0;
+        while at + WIDTH * CHAINS <= dim {
+            for c in 0..CHAINS {
+                let (x, y) = (load::<A_HALF>(a, at), load::<B_HALF>(b, at));
+                step::<FORM>(x, y, c, &mut ab, &mut aa, &mut bb);
+                at += WIDTH;
+            }
+        }
+        while at + WIDTH <= dim {
+            let (x, y) = (load::<A_HALF>(a, at), load::<B_HALF>(b, at));
+            step::<FORM>(x, y, 0, &mut ab, &mut aa, &mut bb);
+            at += WIDTH;
+        }
+        let (tail_ab, tail_aa, tail_bb) = avx2::sums::<A_HALF, B_HALF, FORM>(a, b, at, dim);
+        finish::<FORM>(
+            horizontal_sum(ab) + tail_ab,
+            horizontal_sum(aa) + tail_aa,
+            horizontal_sum(bb) + tail_bb,
+        )
     }
 }
 
@@ -325,35 +455,54 @@ mod tests {
         }
     }
 
-    fn kernel_distance(half: bool, metric: Metric, a: &[f32], b: &[f32]) -> f32 {
+    /// The distance as the kernel `kernel` would measure it between `a` and `b`, 16 lanes
+    /// wide when `wide`.
+    fn kernel_distance(wide: bool, half: bool, metric: Metric, a: &[f32], b: &[f32]) -> f32 {
         let dim = a.len();
-        // SAFETY: both vectors hold `dim` components of the element type given; the
-        // test runs only where `available` says the instructions exist.
+        let bits = |v: &[f32]| -> Vec<u16> {
+            v.iter()
+                .map(|x| half::f16::from_f32(*x).to_bits())
+                .collect()
+        };
+        let (a_bits, b_bits) = (bits(a), bits(b));
+        let (a, b): (*const u8, *const u8) = if half {
+            (a_bits.as_ptr().cast(), b_bits.as_ptr().cast())
+        } else {
+            (a.as_ptr().cast(), b.as_ptr().cast())
+        };
+        // SAFETY: both vectors hold `dim` components of the element type `half` names;
+        // the callers run a kernel only where its `available` says the instructions
+        // exist. No QueryScope is armed, so `measure` widens nothing.
         unsafe {
-            if half {
-                let a: Vec<u16> = a
-                    .iter()
-                    .map(|x| half::f16::from_f32(*x).to_bits())
-                    .collect();
-                let b: Vec<u16> = b
-                    .iter()
-                    .map(|x| half::f16::from_f32(*x).to_bits())
-                    .collect();
-                let (a, b) = (a.as_ptr().cast(), b.as_ptr().cast());
-                match metric {
-                    Metric::Cosine => avx2::distance::<true, true, COSINE>(a, b, dim),
-                    Metric::Dot => avx2::distance::<true, true, DOT>(a, b, dim),
-                    Metric::L2 => avx2::distance::<true, true, L2>(a, b, dim),
-                }
-            } else {
-                let (a, b) = (a.as_ptr().cast(), b.as_ptr().cast());
-                match metric {
-                    Metric::Cosine => avx2::distance::<false, false, COSINE>(a, b, dim),
-                    Metric::Dot => avx2::distance::<false, false, DOT>(a, b, dim),
-                    Metric::L2 => avx2::distance::<false, false, L2>(a, b, dim),
-                }
+            match (wide, half, metric) {
+                (false, false, Metric::Cosine) => measure::<false, false, COSINE>(a, b, dim),
+                (false, false, Metric::Dot) => measure::<false, false, DOT>(a, b, dim),
+                (false, false, Metric::L2) => measure::<false, false, L2>(a, b, dim),
+                (false, true, Metric::Cosine) => measure::<false, true, COSINE>(a, b, dim),
+                (false, true, Metric::Dot) => measure::<false, true, DOT>(a, b, dim),
+                (false, true, Metric::L2) => measure::<false, true, L2>(a, b, dim),
+                (true, false, Metric::Cosine) => measure::<true, false, COSINE>(a, b, dim),
+                (true, false, Metric::Dot) => measure::<true, false, DOT>(a, b, dim),
+                (true, false, Metric::L2) => measure::<true, false, L2>(a, b, dim),
+                (true, true, Metric::Cosine) => measure::<true, true, COSINE>(a, b, dim),
+                (true, true, Metric::Dot) => measure::<true, true, DOT>(a, b, dim),
+                (true, true, Metric::L2) => measure::<true, true, L2>(a, b, dim),
             }
         }
+    }
+
+    /// The kernel widths this CPU runs: 8 lanes, and 16 with AVX-512.
+    fn widths_here() -> Vec<bool> {
+        [false, true]
+            .into_iter()
+            .filter(|&wide| {
+                if wide {
+                    avx512::available()
+                } else {
+                    avx2::available()
+                }
+            })
+            .collect()
     }
 
     #[test]
@@ -362,36 +511,46 @@ mod tests {
             eprintln!("no AVX2/FMA/F16C here: usearch's kernels stay, nothing to compare");
             return;
         }
-        // Whole chains, whole registers and scalar tails, alone and together.
-        for dim in [1, 7, 8, 9, 31, 32, 33, 40, 100, 384, 1536] {
-            for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
-                let (a, b) = (vector(dim, dim as u64), vector(dim, dim as u64 + 1));
-                let exact = expected(metric, &a, &b);
-                let f32_kernel = kernel_distance(false, metric, &a, &b);
-                let tolerance = 1e-4 * (1.0 + exact.abs());
-                assert!(
-                    (f32_kernel - exact).abs() <= tolerance,
-                    "f32 {metric:?} dim {dim}: {f32_kernel} vs {exact}"
-                );
-                // f16 rounds each component by up to 2^-11 of itself.
-                let f16_kernel = kernel_distance(true, metric, &a, &b);
-                let tolerance = 2e-3 * (1.0 + exact.abs()) * (dim as f32).sqrt();
-                assert!(
-                    (f16_kernel - exact).abs() <= tolerance,
-                    "f16 {metric:?} dim {dim}: {f16_kernel} vs {exact}"
-                );
+        // Whole chains, whole registers and scalar tails, alone and together, for both
+        // widths (16-lane chains are 64 components).
+        for wide in widths_here() {
+            for dim in [
+                1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 63, 64, 65, 80, 100, 384, 1536,
+            ] {
+                for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+                    let (a, b) = (vector(dim, dim as u64), vector(dim, dim as u64 + 1));
+                    let exact = expected(metric, &a, &b);
+                    let f32_kernel = kernel_distance(wide, false, metric, &a, &b);
+                    let tolerance = 1e-4 * (1.0 + exact.abs());
+                    assert!(
+                        (f32_kernel - exact).abs() <= tolerance,
+                        "f32 {metric:?} dim {dim} wide {wide}: {f32_kernel} vs {exact}"
+                    );
+                    // f16 rounds each component by up to 2^-11 of itself.
+                    let f16_kernel = kernel_distance(wide, true, metric, &a, &b);
+                    let tolerance = 2e-3 * (1.0 + exact.abs()) * (dim as f32).sqrt();
+                    assert!(
+                        (f16_kernel - exact).abs() <= tolerance,
+                        "f16 {metric:?} dim {dim} wide {wide}: {f16_kernel} vs {exact}"
+                    );
+                }
             }
         }
     }
 
     #[test]
     fn a_zero_vector_is_similar_to_nothing_under_cosine() {
-        if !avx2::available() {
-            return;
-        }
         let zero = vec![0f32; 40];
         let other = vector(40, 7);
-        assert_eq!(kernel_distance(false, Metric::Cosine, &zero, &other), 1.0);
-        assert_eq!(kernel_distance(true, Metric::Cosine, &other, &zero), 1.0);
+        for wide in widths_here() {
+            assert_eq!(
+                kernel_distance(wide, false, Metric::Cosine, &zero, &other),
+                1.0
+            );
+            assert_eq!(
+                kernel_distance(wide, true, Metric::Cosine, &other, &zero),
+                1.0
+            );
+        }
     }
 }
