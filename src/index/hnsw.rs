@@ -685,7 +685,7 @@ mod tests {
         for (key, v) in data.iter().enumerate() {
             hnsw.insert(key as u64, v).unwrap();
         }
-        let even = |key: u64| key % 2 == 0;
+        let even = |key: u64| key.is_multiple_of(2);
         let hits = hnsw.search(&data[1], 10, Some(&even)).unwrap();
         assert_eq!(hits.len(), 10);
         assert!(hits.iter().all(|(key, _)| key % 2 == 0), "{hits:?}");

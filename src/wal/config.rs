@@ -91,7 +91,9 @@ impl WalConfig {
 
     pub fn validate(&self) -> Result<(), WalError> {
         let fail = |msg: String| Err(WalError::Config(msg));
-        if self.segment_bytes < SEGMENT_BYTES_MIN || self.segment_bytes % COMMIT_ALIGN_BYTES != 0 {
+        if self.segment_bytes < SEGMENT_BYTES_MIN
+            || !self.segment_bytes.is_multiple_of(COMMIT_ALIGN_BYTES)
+        {
             return fail(format!(
                 "segment_bytes must be a multiple of {COMMIT_ALIGN_BYTES} and at least {SEGMENT_BYTES_MIN}, got {}",
                 self.segment_bytes

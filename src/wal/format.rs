@@ -221,7 +221,7 @@ pub fn commit_frames_max(torn_window_bytes: u64) -> u64 {
 /// Appends a padding frame of exactly `len` bytes (at least a header, a multiple of 8).
 pub fn encode_padding(out: &mut Vec<u8>, salt: u64, next_lsn: Lsn, len: usize) {
     assert!(
-        len >= RECORD_HEADER_BYTES && len % RECORD_ALIGN_BYTES == 0,
+        len >= RECORD_HEADER_BYTES && len.is_multiple_of(RECORD_ALIGN_BYTES),
         "bad padding length {len}"
     );
     let start = out.len();

@@ -290,7 +290,7 @@ fn start(data: &std::path::Path, addr: &str, kill: Kill) -> Server {
 
 /// How often each point is reached in a cycle here decides how far ahead its kill is set.
 fn plan(cycle: u64, rng: &mut StdRng) -> Kill {
-    if cycle % 2 == 0 {
+    if cycle.is_multiple_of(2) {
         return Kill::AfterAcks(rng.random_range(200..3_000));
     }
     let point = CrashPoint::ALL[(cycle / 2) as usize % CrashPoint::ALL.len()];

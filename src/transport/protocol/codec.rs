@@ -557,7 +557,7 @@ fn decode_body(kind: FrameType, r: &mut Reader<'_>) -> Result<Frame, ProtocolErr
             let count = r.u32("count")? as usize;
             let bits = r.take(count.div_ceil(8), "found")?;
             // The bits past `count` are zero: one encoding per answer (found by fuzzing).
-            if let Some(&last) = bits.last().filter(|_| count % 8 != 0) {
+            if let Some(&last) = bits.last().filter(|_| !count.is_multiple_of(8)) {
                 if last >> (count % 8) != 0 {
                     return Err(ProtocolError::InvalidValue {
                         field: "found",
