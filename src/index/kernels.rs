@@ -189,13 +189,12 @@ unsafe fn measure<const WIDE: bool, const HALF: bool, const FORM: u8>(
     dim: usize,
 ) -> f32 {
     // A widened query holds `dim` f32 components of the f16 vector `a` points at.
-    match (HALF, HALF.then(|| widened_query(a, dim)).flatten()) {
-        (true, Some(widened)) if WIDE => {
-            avx512::distance::<false, true, FORM>(widened.cast(), b, dim)
-        }
-        (true, Some(widened)) => avx2::distance::<false, true, FORM>(widened.cast(), b, dim),
-        _ if WIDE => avx512::distance::<HALF, HALF, FORM>(a, b, dim),
-        _ => avx2::distance::<HALF, HALF, FORM>(a, b, dim),
+    let widened = if HALF { widened_query(a, dim) } else { None };
+    match (widened, WIDE) {
+        (Some(query), true) => avx512::distance::<false, true, FORM>(query.cast(), b, dim),
+        (Some(query), false) => avx2::distance::<false, true, FORM>(query.cast(), b, dim),
+        (None, true) => avx512::distance::<HALF, HALF, FORM>(a, b, dim),
+        (None, false) => avx2::distance::<HALF, HALF, FORM>(a, b, dim),
     }
 }
 
