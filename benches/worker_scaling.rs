@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use engram::index::{IndexParams, SpaceIndexes};
 use engram::ingest::checkpointer::CheckpointPolicy;
-use engram::ingest::workers::IndexPriority;
+use engram::ingest::priority::IndexPriority;
 use engram::ingest::{IndexWorkers, ServerLoad};
 use engram::synthetic::{observation, Distribution};
 use engram::wal::{Entry, Lsn, RecordKind, Wal, WalConfig, WalReader};

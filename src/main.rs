@@ -12,7 +12,7 @@ mod cli;
 use cli::serve_config::{apply_config_file, ServeArgs};
 
 use engram::index::IndexParams;
-use engram::ingest::workers::IndexPriority;
+use engram::ingest::priority::IndexPriority;
 use engram::ingest::{Engine, IndexConfig, IngestLimits};
 use engram::transport::http::Readiness;
 use engram::transport::tls::ServerIdentity;

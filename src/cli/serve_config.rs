@@ -79,8 +79,10 @@ pub struct ServeArgs {
     pub index_insert_threads: usize,
     /// The nice value (0-19) of the index threads. Above the threads that acknowledge
     /// observations and answer recalls (0), so indexing yields the cores to them and takes
-    /// what they leave; 0 gives indexing an equal share.
-    #[arg(long, env = "ENGRAM_INDEX_NICE", default_value_t = engram::ingest::workers::INDEX_NICE_DEFAULT, value_parser = clap::value_parser!(i32).range(0..=19))]
+    /// what they leave; 0 gives indexing an equal share. The index threads also ask for
+    /// the longest time slice (100 ms, Linux 6.12 and later), so that any other thread
+    /// waking preempts them at once.
+    #[arg(long, env = "ENGRAM_INDEX_NICE", default_value_t = engram::ingest::priority::INDEX_NICE_DEFAULT, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub index_nice: i32,
     /// Run the index threads under SCHED_IDLE instead (`--index-nice` is then unused):
     /// they run only on cores nothing else wants, and a waking ingest or recall thread

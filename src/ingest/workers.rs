@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use super::checkpointer::{CheckpointPolicy, CheckpointSchedule};
 use super::load::ServerLoad;
+use super::priority::{set_thread_priority, IndexPriority};
 use crate::index::{Admission, IndexError, IndexParams, SpaceIndex, SpaceIndexes};
 use crate::observation::Observation;
 use crate::space::{Metric, SpaceDefinition};
@@ -34,31 +35,6 @@ use crate::wal::{Lsn, Record, RecordCursor, RecordKind, WalError, WalReader};
 const BATCH_RECORDS_MAX: usize = 4096;
 /// Inserts in a batch from which they are spread over every core.
 const PARALLEL_INSERTS_MIN: usize = 32;
-
-/// The nice value of the index threads when they run under the normal scheduler: below
-/// the threads that acknowledge observations and answer recalls, so that indexing takes
-/// the cores they leave idle (docs/operations/streaming-tuning.md).
-pub const INDEX_NICE_DEFAULT: i32 = 10;
-
-/// How the index threads yield the cores to the threads that acknowledge observations
-/// and answer recalls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IndexPriority {
-    /// The normal scheduler at this nice value (0-19; the default 10): a share of a busy
-    /// core, 0 an equal one.
-    Nice(i32),
-    /// Linux's SCHED_IDLE: a thread that runs only when no normal thread wants its core,
-    /// and that a waking normal thread preempts at once. For a machine engram has to
-    /// itself: any busy process then stops indexing, and past the lag bound ingest with
-    /// it, which a share (`Nice`) never does.
-    Idle,
-}
-
-impl Default for IndexPriority {
-    fn default() -> IndexPriority {
-        IndexPriority::Nice(INDEX_NICE_DEFAULT)
-    }
-}
 
 /// How the index is built, by how many workers, and how often it is checkpointed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,28 +69,6 @@ impl Default for IndexConfig {
 /// One per core.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Gives the calling thread `priority`. On Linux the scheduling policy and the nice value
-/// belong to each thread, not to the process. Lowering either needs no privilege; failing
-/// leaves the thread as it was, which costs latency, not correctness, so it is logged and
-/// not fatal.
-fn set_thread_priority(priority: IndexPriority) {
-    let rc = match priority {
-        // SAFETY: gettid and setpriority only read their arguments.
-        IndexPriority::Nice(nice) => unsafe {
-            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice)
-        },
-        IndexPriority::Idle => {
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: pid 0 is the calling thread; `param` outlives the call.
-            unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) }
-        }
-    };
-    if rc != 0 {
-        tracing::warn!(?priority, error = %std::io::Error::last_os_error(),
-            "could not lower an index thread's priority");
-    }
 }
 
 /// The threads a batch's inserts are spread over, at the workers' priority.
@@ -620,44 +574,23 @@ mod fault {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn own_nice() -> i32 {
-        // SAFETY: gettid and getpriority only read their arguments.
-        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
-    }
-
-    fn own_policy() -> i32 {
-        // SAFETY: pid 0 is the calling thread.
-        unsafe { libc::sched_getscheduler(0) }
-    }
+    use crate::ingest::priority::tests::{
+        kernel_takes_custom_slices, own_nice, own_policy, own_slice,
+    };
+    use crate::ingest::priority::INDEX_SLICE;
 
     #[test]
     fn every_thread_of_the_insert_pool_runs_at_the_given_priority() {
         let pool = insert_pool(IndexPriority::Nice(7), 3).unwrap();
-        let nices = pool.broadcast(|_| own_nice());
-        assert_eq!(nices, vec![7; 3]);
+        let nices = pool.broadcast(|_| (own_nice(), own_slice()));
+        let slice = if kernel_takes_custom_slices() {
+            INDEX_SLICE
+        } else {
+            own_slice()
+        };
+        assert_eq!(nices, vec![(7, slice); 3]);
         let pool = insert_pool(IndexPriority::Idle, 2).unwrap();
         let policies = pool.broadcast(|_| own_policy());
         assert_eq!(policies, vec![libc::SCHED_IDLE; pool.current_num_threads()]);
-    }
-
-    #[test]
-    fn set_thread_priority_lowers_the_calling_thread_alone() {
-        let (nice_before, policy_before) = (own_nice(), own_policy());
-        let wanted = (nice_before + 5).min(19);
-        let inside = std::thread::spawn(move || {
-            set_thread_priority(IndexPriority::Nice(wanted));
-            let nice = own_nice();
-            set_thread_priority(IndexPriority::Idle);
-            (nice, own_policy())
-        })
-        .join()
-        .unwrap();
-        assert_eq!(inside, (wanted, libc::SCHED_IDLE));
-        assert_eq!(
-            (own_nice(), own_policy()),
-            (nice_before, policy_before),
-            "the spawning thread keeps its priority"
-        );
     }
 }
