@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Ack latency while the index works through a backlog, by the index threads' nice value,
+# Ack latency while the index works through a backlog, by the index threads' nice value
+# and slice (NICE or NICE/SLICE_MS, the slice 100 ms unless given; 0 is the kernel's own),
 # or `idle` for SCHED_IDLE (docs/performance.md, "Index threads at a lower priority").
 # For each value: a fresh
 # release server, COUNT observations at full speed to give the index a backlog, then
 # engram-load at RATE/s with 1 and 4 connections while the index is still busy.
 #
-#   scripts/bench-index-nice.sh [COUNT] [RATE] [NICE|idle...]
+#   scripts/bench-index-nice.sh [COUNT] [RATE] [NICE|NICE/SLICE_MS|idle...]
 #
 # Prints one JSON line per case, prefixed with its name.
 set -euo pipefail
@@ -17,11 +18,18 @@ nices=("$@")
 [ ${#nices[@]} -gt 0 ] || nices=(0 10 19)
 cargo build --release --bin engram --bin engram-load >&2
 source scripts/release-server.sh
-for nice in "${nices[@]}"; do
-  run=$dir/nice$nice
+for i in "${!nices[@]}"; do
+  nice=${nices[$i]}
+  # A fresh data directory per case, also when a value repeats: a server on an old one
+  # would find every id stored already and only acknowledge duplicates.
+  run=$dir/case$i
   mkdir -p "$run"
   # The lag bound lifted: the stream must not be paced to the indexing rate.
-  if [ "$nice" = idle ]; then priority=(--index-sched-idle); else priority=(--index-nice "$nice"); fi
+  case $nice in
+    idle) priority=(--index-sched-idle) ;;
+    */*) priority=(--index-nice "${nice%/*}" --index-slice-ms "${nice#*/}") ;;
+    *) priority=(--index-nice "$nice") ;;
+  esac
   start_release_server "$run/data" "$run/server.log" "${priority[@]}" \
     --index-lag-max "$((40 * count))"
   quic=(--json --dim 384 --addr "$quic_addr" --cert "$run/data/tls/cert.der")

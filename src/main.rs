@@ -12,7 +12,7 @@ mod cli;
 use cli::serve_config::{apply_config_file, ServeArgs};
 
 use engram::index::IndexParams;
-use engram::ingest::priority::IndexPriority;
+use engram::ingest::priority::{IndexPriority, INDEX_SLICE_MAX};
 use engram::ingest::{Engine, IndexConfig, IngestLimits};
 use engram::transport::http::Readiness;
 use engram::transport::tls::ServerIdentity;
@@ -173,10 +173,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             && (1..=4096).contains(&args.hnsw_ef_construction)
             && (1..=4096).contains(&args.hnsw_ef_search)
             && args.exact_search_max <= 100_000
-            && (0..=19).contains(&args.index_nice),
+            && (0..=19).contains(&args.index_nice)
+            && Duration::from_millis(args.index_slice_ms) <= INDEX_SLICE_MAX,
         "index settings out of range: index_workers and index_insert_threads 1..=1024, hnsw_m 2..=256, \
          hnsw_ef_construction and hnsw_ef_search 1..=4096, exact_search_max 0..=100000, \
-         index_nice 0..=19"
+         index_nice 0..=19, index_slice_ms 0..=100"
     );
     let index = IndexConfig {
         workers: args.index_workers.max(1),
@@ -184,7 +185,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         priority: if args.index_sched_idle {
             IndexPriority::Idle
         } else {
-            IndexPriority::Nice(args.index_nice)
+            IndexPriority::Nice {
+                nice: args.index_nice,
+                slice: Duration::from_millis(args.index_slice_ms),
+            }
         },
         params: IndexParams {
             m: args.hnsw_m,

@@ -310,6 +310,79 @@ fn index_threads_run_below_ingest_at_the_configured_priority() {
     }
 }
 
+/// The slice, in ns, of each of `pid`'s threads whose name starts with `prefix`, from
+/// /proc (the kernel's scheduler statistics).
+fn thread_slices(pid: u32, prefix: &str) -> Vec<u64> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let (Ok(comm), Ok(sched)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("sched")),
+        ) else {
+            continue; // the thread ended
+        };
+        if !comm.starts_with(prefix) || comm.trim() == "engram-index-la" {
+            continue;
+        }
+        let slice = sched
+            .lines()
+            .find(|l| l.starts_with("se.slice"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().parse::<u64>().unwrap())
+            .expect("se.slice in /proc/PID/task/TID/sched");
+        found.push(slice);
+    }
+    found
+}
+
+/// Custom slices for the normal scheduler came with Linux 6.12.
+fn kernel_takes_custom_slices() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>());
+    matches!((parts.next(), parts.next()), (Some(Ok(major)), Some(Ok(minor))) if (major, minor) >= (6, 12))
+}
+
+#[test]
+fn index_threads_ask_for_the_configured_slice_and_ingest_keeps_the_kernels() {
+    if !kernel_takes_custom_slices() {
+        eprintln!("skipped: this kernel has no custom slices (Linux 6.12 and later)");
+        return;
+    }
+    let kernel_slice = |pid: u32| thread_slices(pid, "engram-wal-comm");
+    for (flags, wanted_ms) in [(vec![], Some(100)), (vec!["--index-slice-ms", "0"], None)] {
+        let data = tempfile::tempdir().unwrap();
+        let server = common::server::Server::start(data.path(), &flags);
+        let pid = server.child.id();
+        let committer = kernel_slice(pid);
+        assert_eq!(committer.len(), 1, "one committer thread");
+        // Not set by engram: whatever the kernel gives a thread by default.
+        let wanted = wanted_ms.map_or(committer[0], |ms: u64| ms * 1_000_000);
+        assert_ne!(
+            committer[0], 100_000_000,
+            "the committer keeps the kernel's slice"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let slices = loop {
+            let slices: Vec<u64> = ["engram-index-", "engram-insert-"]
+                .iter()
+                .flat_map(|prefix| thread_slices(pid, prefix))
+                .collect();
+            if slices.len() >= 2 && slices.iter().all(|&s| s == wanted)
+                || std::time::Instant::now() > deadline
+            {
+                break slices;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            slices.len() >= 2 && slices.iter().all(|&s| s == wanted),
+            "{flags:?}: index thread slices {slices:?}, wanted {wanted}"
+        );
+        server.terminate();
+    }
+}
+
 #[test]
 fn index_workers_and_insert_threads_bound_the_threads_that_index() {
     for (workers, inserters) in [(1, 1), (3, 2)] {

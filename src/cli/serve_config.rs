@@ -79,11 +79,16 @@ pub struct ServeArgs {
     pub index_insert_threads: usize,
     /// The nice value (0-19) of the index threads. Above the threads that acknowledge
     /// observations and answer recalls (0), so indexing yields the cores to them and takes
-    /// what they leave; 0 gives indexing an equal share. The index threads also ask for
-    /// the longest time slice (100 ms, Linux 6.12 and later), so that any other thread
-    /// waking preempts them at once.
+    /// what they leave; 0 gives indexing an equal share.
     #[arg(long, env = "ENGRAM_INDEX_NICE", default_value_t = engram::ingest::priority::INDEX_NICE_DEFAULT, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub index_nice: i32,
+    /// The time slice in ms (0-100) the index threads ask of the scheduler at
+    /// `--index-nice` (Linux 6.12 and later; older kernels ignore it). A thread waking
+    /// with a shorter slice preempts them at once, so the long default lets the
+    /// committer, the tokio workers and the kernel's writeback run as soon as they wake.
+    /// 0: the kernel's default slice.
+    #[arg(long, env = "ENGRAM_INDEX_SLICE_MS", default_value_t = engram::ingest::priority::INDEX_SLICE.as_millis() as u64, value_parser = clap::value_parser!(u64).range(0..=100))]
+    pub index_slice_ms: u64,
     /// Run the index threads under SCHED_IDLE instead (`--index-nice` is then unused):
     /// they run only on cores nothing else wants, and a waking ingest or recall thread
     /// preempts them at once. For a machine engram has to itself: any other busy process
@@ -211,6 +216,7 @@ struct ConfigFile {
     index_workers: Option<usize>,
     index_insert_threads: Option<usize>,
     index_nice: Option<i32>,
+    index_slice_ms: Option<u64>,
     index_sched_idle: Option<bool>,
     hnsw_m: Option<usize>,
     hnsw_ef_construction: Option<usize>,
@@ -276,6 +282,7 @@ pub fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyh
     fill!(index_workers, anyhow::Ok);
     fill!(index_insert_threads, anyhow::Ok);
     fill!(index_nice, anyhow::Ok);
+    fill!(index_slice_ms, anyhow::Ok);
     fill!(index_sched_idle, anyhow::Ok);
     fill!(hnsw_m, anyhow::Ok);
     fill!(hnsw_ef_construction, anyhow::Ok);

@@ -20,13 +20,17 @@ pub const INDEX_NICE_DEFAULT: i32 = 10;
 /// fell from 51 ms to under 6.4 ms.
 pub const INDEX_SLICE: Duration = Duration::from_millis(100);
 
+/// The longest slice Linux takes; it clamps longer ones.
+pub const INDEX_SLICE_MAX: Duration = Duration::from_millis(100);
+
 /// How the index threads yield the cores to the threads that acknowledge observations
 /// and answer recalls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IndexPriority {
-    /// The normal scheduler at this nice value (0-19; the default 10) and the
-    /// [`INDEX_SLICE`]: a share of a busy core, 0 an equal one.
-    Nice(i32),
+    /// The normal scheduler at `nice` (0-19; the default 10): a share of a busy core, 0
+    /// an equal one; asking for `slice` (the default [`INDEX_SLICE`]; zero: the kernel's
+    /// own).
+    Nice { nice: i32, slice: Duration },
     /// Linux's SCHED_IDLE: a thread that runs only when no normal thread wants its core,
     /// and that a waking normal thread preempts at once. For a machine engram has to
     /// itself: any busy process then stops indexing, and past the lag bound ingest with
@@ -36,7 +40,10 @@ pub enum IndexPriority {
 
 impl Default for IndexPriority {
     fn default() -> IndexPriority {
-        IndexPriority::Nice(INDEX_NICE_DEFAULT)
+        IndexPriority::Nice {
+            nice: INDEX_NICE_DEFAULT,
+            slice: INDEX_SLICE,
+        }
     }
 }
 
@@ -65,12 +72,17 @@ const _: () = assert!(SCHED_ATTR_SIZE == 48, "SCHED_ATTR_SIZE_VER0");
 /// costs latency, not correctness, so it is logged and not fatal.
 pub(crate) fn set_thread_priority(priority: IndexPriority) {
     let rc = match priority {
-        IndexPriority::Nice(nice) => {
+        IndexPriority::Nice { nice, slice } => {
+            assert!(
+                slice <= INDEX_SLICE_MAX,
+                "slice {slice:?} over the kernel's bound"
+            );
             let attr = SchedAttr {
                 size: SCHED_ATTR_SIZE,
                 policy: libc::SCHED_OTHER as u32,
                 nice,
-                runtime: INDEX_SLICE.as_nanos() as u64,
+                // Zero asks for the kernel's default slice.
+                runtime: slice.as_nanos() as u64,
                 ..SchedAttr::default()
             };
             // SAFETY: pid 0 is the calling thread; `attr` is a valid sched_attr of the
@@ -133,18 +145,28 @@ pub(crate) mod tests {
     #[test]
     fn set_thread_priority_lowers_the_calling_thread_alone() {
         let (nice_before, policy_before, slice_before) = (own_nice(), own_policy(), own_slice());
+        assert_ne!(
+            slice_before, INDEX_SLICE,
+            "a test thread starts on the kernel's slice"
+        );
         let wanted = (nice_before + 5).min(19);
         let inside = std::thread::spawn(move || {
-            set_thread_priority(IndexPriority::Nice(wanted));
+            set_thread_priority(IndexPriority::default());
+            let default_slice = own_slice();
+            set_thread_priority(IndexPriority::Nice {
+                nice: wanted,
+                slice: Duration::ZERO,
+            });
             let (nice, slice) = (own_nice(), own_slice());
             set_thread_priority(IndexPriority::Idle);
-            (nice, slice, own_policy())
+            (nice, default_slice, slice, own_policy())
         })
         .join()
         .unwrap();
-        assert_eq!((inside.0, inside.2), (wanted, libc::SCHED_IDLE));
+        assert_eq!((inside.0, inside.3), (wanted, libc::SCHED_IDLE));
         if kernel_takes_custom_slices() {
             assert_eq!(inside.1, INDEX_SLICE, "the index's long slice");
+            assert_eq!(inside.2, slice_before, "zero: back to the kernel's slice");
         }
         assert_eq!(
             (own_nice(), own_policy(), own_slice()),

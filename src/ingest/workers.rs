@@ -581,7 +581,14 @@ mod tests {
 
     #[test]
     fn every_thread_of_the_insert_pool_runs_at_the_given_priority() {
-        let pool = insert_pool(IndexPriority::Nice(7), 3).unwrap();
+        let pool = insert_pool(
+            IndexPriority::Nice {
+                nice: 7,
+                slice: INDEX_SLICE,
+            },
+            3,
+        )
+        .unwrap();
         let nices = pool.broadcast(|_| (own_nice(), own_slice()));
         let slice = if kernel_takes_custom_slices() {
             INDEX_SLICE
