@@ -185,9 +185,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         priority: if args.index_sched_idle {
             IndexPriority::Idle
         } else {
-            IndexPriority::Nice {
-                nice: args.index_nice,
-                slice: Duration::from_millis(args.index_slice_ms),
+            let (nice, slice) = (args.index_nice, Duration::from_millis(args.index_slice_ms));
+            if args.index_yield {
+                IndexPriority::Yielding { nice, slice }
+            } else {
+                IndexPriority::Nice { nice, slice }
             }
         },
         params: IndexParams {

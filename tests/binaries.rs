@@ -287,10 +287,13 @@ fn index_threads_reach(pid: u32, policy: i64, nice: i64) -> Vec<(String, i64, i6
 fn index_threads_run_below_ingest_at_the_configured_priority() {
     const SCHED_OTHER: i64 = 0;
     const SCHED_IDLE: i64 = 5;
-    for (flags, policy, nice) in [
-        (vec![], SCHED_OTHER, 10),
-        (vec!["--index-nice", "15"], SCHED_OTHER, 15),
-        (vec!["--index-sched-idle"], SCHED_IDLE, 0),
+    // The yielding insert pool: how many threads under SCHED_IDLE (one per core).
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for (flags, policy, nice, yielding) in [
+        (vec![], SCHED_OTHER, 10, cores),
+        (vec!["--index-nice", "15"], SCHED_OTHER, 15, cores),
+        (vec!["--index-yield", "false"], SCHED_OTHER, 10, 0),
+        (vec!["--index-sched-idle"], SCHED_IDLE, 0, 0),
     ] {
         let data = tempfile::tempdir().unwrap();
         let server = common::server::Server::start(data.path(), &flags);
@@ -299,6 +302,22 @@ fn index_threads_run_below_ingest_at_the_configured_priority() {
         assert!(
             !threads.is_empty() && threads.iter().all(|t| (t.1, t.2) == (policy, nice)),
             "{flags:?}: index threads {threads:?}"
+        );
+        // Each thread sets its own policy as it starts, perhaps after the others.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let yield_pool = loop {
+            let pool = thread_priorities(pid, "engram-yield-");
+            let settled =
+                pool.len() == yielding && pool.iter().all(|t| (t.1, t.2) == (SCHED_IDLE, 0));
+            if settled || std::time::Instant::now() > deadline {
+                break pool;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            yield_pool.len() == yielding
+                && yield_pool.iter().all(|t| (t.1, t.2) == (SCHED_IDLE, 0)),
+            "{flags:?}: the yielding insert pool {yield_pool:?}"
         );
         // Those that acknowledge observations stay at the normal priority.
         let ingest = thread_priorities(pid, "engram-wal-comm");

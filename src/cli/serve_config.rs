@@ -89,6 +89,11 @@ pub struct ServeArgs {
     /// 0: the kernel's default slice.
     #[arg(long, env = "ENGRAM_INDEX_SLICE_MS", default_value_t = engram::ingest::priority::INDEX_SLICE.as_millis() as u64, value_parser = clap::value_parser!(u64).range(0..=100))]
     pub index_slice_ms: u64,
+    /// While the index keeps up (its lag under half of `--index-lag-max`), run the inserts
+    /// under SCHED_IDLE: only on cores nothing else wants. Once it falls further behind,
+    /// at `--index-nice`. false: always at `--index-nice`.
+    #[arg(long, env = "ENGRAM_INDEX_YIELD", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub index_yield: bool,
     /// Run the index threads under SCHED_IDLE instead (`--index-nice` is then unused):
     /// they run only on cores nothing else wants, and a waking ingest or recall thread
     /// preempts them at once. For a machine engram has to itself: any other busy process
@@ -218,6 +223,7 @@ struct ConfigFile {
     index_nice: Option<i32>,
     index_slice_ms: Option<u64>,
     index_sched_idle: Option<bool>,
+    index_yield: Option<bool>,
     hnsw_m: Option<usize>,
     hnsw_ef_construction: Option<usize>,
     hnsw_ef_search: Option<usize>,
@@ -284,6 +290,7 @@ pub fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyh
     fill!(index_nice, anyhow::Ok);
     fill!(index_slice_ms, anyhow::Ok);
     fill!(index_sched_idle, anyhow::Ok);
+    fill!(index_yield, anyhow::Ok);
     fill!(hnsw_m, anyhow::Ok);
     fill!(hnsw_ef_construction, anyhow::Ok);
     fill!(hnsw_ef_search, anyhow::Ok);

@@ -167,6 +167,11 @@ impl ServerLoad {
         self.index_lag.load(Ordering::Acquire) + self.queued_records.load(Ordering::Acquire)
     }
 
+    /// The state the index lag alone puts the server in.
+    pub fn index_lag_state(&self) -> LoadState {
+        level(self.index_lag(), self.index_lag_max)
+    }
+
     /// The index workers' lag behind the durable log, in records, as last measured.
     pub fn set_index_lag(&self, lag: u64) {
         self.start_index_lag_measurement().store(lag);

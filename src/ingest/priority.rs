@@ -31,6 +31,15 @@ pub enum IndexPriority {
     /// an equal one; asking for `slice` (the default [`INDEX_SLICE`]; zero: the kernel's
     /// own).
     Nice { nice: i32, slice: Duration },
+    /// The default: the inserts run under SCHED_IDLE while the index keeps up (its lag
+    /// under half its bound, the load state below Warning), and at `Nice { nice, slice }`
+    /// once it falls behind; the workers always at `Nice`. Indexing then takes only the
+    /// cores nothing else wants while it can afford to, and a share of them when ingest
+    /// would otherwise soon wait for it, also when another busy process wants every
+    /// core. A thread cannot leave SCHED_IDLE without privilege, so the two priorities
+    /// are two insert pools (`engram-insert-K` at `Nice`, `engram-yield-K` under
+    /// SCHED_IDLE), and each batch goes to one of them.
+    Yielding { nice: i32, slice: Duration },
     /// Linux's SCHED_IDLE: a thread that runs only when no normal thread wants its core,
     /// and that a waking normal thread preempts at once. For a machine engram has to
     /// itself: any busy process then stops indexing, and past the lag bound ingest with
@@ -38,9 +47,20 @@ pub enum IndexPriority {
     Idle,
 }
 
+impl IndexPriority {
+    /// The priority of the threads that index whatever the lag: the workers, and the
+    /// insert pool used once the index falls behind.
+    pub fn sharing(self) -> IndexPriority {
+        match self {
+            IndexPriority::Yielding { nice, slice } => IndexPriority::Nice { nice, slice },
+            other => other,
+        }
+    }
+}
+
 impl Default for IndexPriority {
     fn default() -> IndexPriority {
-        IndexPriority::Nice {
+        IndexPriority::Yielding {
             nice: INDEX_NICE_DEFAULT,
             slice: INDEX_SLICE,
         }
@@ -71,7 +91,7 @@ const _: () = assert!(SCHED_ATTR_SIZE == 48, "SCHED_ATTR_SIZE_VER0");
 /// lengthening the slice need no privilege; failing leaves the thread as it was, which
 /// costs latency, not correctness, so it is logged and not fatal.
 pub(crate) fn set_thread_priority(priority: IndexPriority) {
-    let rc = match priority {
+    let rc = match priority.sharing() {
         IndexPriority::Nice { nice, slice } => {
             assert!(
                 slice <= INDEX_SLICE_MAX,
@@ -96,6 +116,7 @@ pub(crate) fn set_thread_priority(priority: IndexPriority) {
                 unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) }
             }
         }
+        IndexPriority::Yielding { .. } => unreachable!("sharing() is Nice or Idle"),
         IndexPriority::Idle => {
             let param = libc::sched_param { sched_priority: 0 };
             // SAFETY: pid 0 is the calling thread; `param` outlives the call.

@@ -29,6 +29,7 @@ use super::priority::{set_thread_priority, IndexPriority};
 use crate::index::{Admission, IndexError, IndexParams, SpaceIndex, SpaceIndexes};
 use crate::observation::Observation;
 use crate::space::{Metric, SpaceDefinition};
+use crate::transport::protocol::LoadState;
 use crate::wal::{Lsn, Record, RecordCursor, RecordKind, WalError, WalReader};
 
 /// Records read (of every space) per batch at most.
@@ -71,15 +72,50 @@ pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The threads a batch's inserts are spread over, at the workers' priority.
-fn insert_pool(priority: IndexPriority, threads: usize) -> std::io::Result<rayon::ThreadPool> {
+/// The threads a batch's inserts are spread over, named `{name}-K`, at `priority`.
+fn insert_pool(
+    name: &'static str,
+    priority: IndexPriority,
+    threads: usize,
+) -> std::io::Result<rayon::ThreadPool> {
     assert!(threads >= 1, "an insert pool needs a thread");
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
-        .thread_name(|i| format!("engram-insert-{i}"))
+        .thread_name(move |i| format!("{name}-{i}"))
         .start_handler(move |_| set_thread_priority(priority))
         .build()
         .map_err(std::io::Error::other)
+}
+
+/// The insert pools, shared by the workers: one at the workers' priority and, for
+/// `IndexPriority::Yielding`, one under SCHED_IDLE for while the index keeps up.
+struct InsertPools {
+    sharing: rayon::ThreadPool,
+    yielding: Option<rayon::ThreadPool>,
+}
+
+impl InsertPools {
+    fn new(priority: IndexPriority, threads: usize) -> std::io::Result<InsertPools> {
+        let yielding = match priority {
+            IndexPriority::Yielding { .. } => {
+                Some(insert_pool("engram-yield", IndexPriority::Idle, threads)?)
+            }
+            IndexPriority::Nice { .. } | IndexPriority::Idle => None,
+        };
+        Ok(InsertPools {
+            sharing: insert_pool("engram-insert", priority.sharing(), threads)?,
+            yielding,
+        })
+    }
+
+    /// The pool for the next batch: the yielding one while the index lag is under half
+    /// its bound (the lag alone would leave the server Normal).
+    fn for_lag(&self, load: &ServerLoad) -> &rayon::ThreadPool {
+        match &self.yielding {
+            Some(yielding) if load.index_lag_state() == LoadState::Normal => yielding,
+            _ => &self.sharing,
+        }
+    }
 }
 
 /// Counters of the workers' work since start.
@@ -135,7 +171,7 @@ impl IndexWorkers {
     ) -> std::io::Result<IndexWorkers> {
         let (stop, _) = watch::channel(false);
         let counters = Arc::new(WorkerCounters::default());
-        let pool = Arc::new(insert_pool(priority, insert_threads)?);
+        let pools = Arc::new(InsertPools::new(priority, insert_threads)?);
         let mut handles = Vec::new();
         for worker in 0..indexes.workers() {
             let cursor = reader.cursor(from);
@@ -154,7 +190,7 @@ impl IndexWorkers {
                 stop: stop.subscribe(),
                 indexes: indexes.clone(),
                 counters: counters.clone(),
-                pool: pool.clone(),
+                pools: pools.clone(),
             };
             handles.push(
                 std::thread::Builder::new()
@@ -245,7 +281,7 @@ struct Worker {
     stop: watch::Receiver<bool>,
     indexes: Arc<SpaceIndexes>,
     counters: Arc<WorkerCounters>,
-    pool: Arc<rayon::ThreadPool>,
+    pools: Arc<InsertPools>,
 }
 
 impl Worker {
@@ -413,7 +449,8 @@ impl Worker {
             Ok::<(), BatchError>(())
         };
         if inserts.len() >= PARALLEL_INSERTS_MIN {
-            self.pool.install(|| self.insert_spread(&inserts, insert))?;
+            let pool = self.pools.for_lag(&self.lag.load);
+            pool.install(|| self.insert_spread(&inserts, insert))?;
         } else {
             inserts.iter().try_for_each(insert)?;
         }
@@ -582,6 +619,7 @@ mod tests {
     #[test]
     fn every_thread_of_the_insert_pool_runs_at_the_given_priority() {
         let pool = insert_pool(
+            "engram-insert",
             IndexPriority::Nice {
                 nice: 7,
                 slice: INDEX_SLICE,
@@ -596,8 +634,53 @@ mod tests {
             own_slice()
         };
         assert_eq!(nices, vec![(7, slice); 3]);
-        let pool = insert_pool(IndexPriority::Idle, 2).unwrap();
+        let pool = insert_pool("engram-insert", IndexPriority::Idle, 2).unwrap();
         let policies = pool.broadcast(|_| own_policy());
         assert_eq!(policies, vec![libc::SCHED_IDLE; pool.current_num_threads()]);
+    }
+
+    /// (policy, nice) of every thread of `pool`.
+    fn pool_priorities(pool: &rayon::ThreadPool) -> Vec<(i32, i32)> {
+        pool.broadcast(|_| (own_policy(), own_nice()))
+    }
+
+    #[test]
+    fn a_yielding_index_inserts_under_sched_idle_until_its_lag_reaches_half_its_bound() {
+        let priority = IndexPriority::Yielding {
+            nice: 7,
+            slice: INDEX_SLICE,
+        };
+        let pools = InsertPools::new(priority, 2).unwrap();
+        let load = ServerLoad::new(1 << 30, 1000);
+        let chosen = |lag: u64| {
+            load.set_index_lag(lag);
+            pool_priorities(pools.for_lag(&load))
+        };
+        let idle = vec![(libc::SCHED_IDLE, 0); 2];
+        let sharing = vec![(libc::SCHED_OTHER, 7); 2];
+        assert_eq!(chosen(0), idle, "no lag");
+        assert_eq!(chosen(499), idle, "under half the bound");
+        assert_eq!(chosen(500), sharing, "Warning: a share of the cores");
+        assert_eq!(chosen(900), sharing, "Critical");
+        assert_eq!(chosen(100), idle, "caught up again");
+    }
+
+    #[test]
+    fn a_fixed_priority_has_one_insert_pool() {
+        for priority in [
+            IndexPriority::Nice {
+                nice: 7,
+                slice: INDEX_SLICE,
+            },
+            IndexPriority::Idle,
+        ] {
+            let pools = InsertPools::new(priority, 1).unwrap();
+            assert!(pools.yielding.is_none(), "{priority:?}");
+            let load = ServerLoad::new(1 << 30, 1000);
+            for lag in [0, 900] {
+                load.set_index_lag(lag);
+                assert!(std::ptr::eq(pools.for_lag(&load), &pools.sharing));
+            }
+        }
     }
 }
