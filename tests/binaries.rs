@@ -290,8 +290,13 @@ fn index_threads_run_below_ingest_at_the_configured_priority() {
     // The yielding insert pool: how many threads under SCHED_IDLE (one per core).
     let cores = std::thread::available_parallelism().unwrap().get();
     for (flags, policy, nice, yielding) in [
-        (vec![], SCHED_OTHER, 10, cores),
-        (vec!["--index-nice", "15"], SCHED_OTHER, 15, cores),
+        (vec![], SCHED_OTHER, 10, 0),
+        (
+            vec!["--index-nice", "15", "--index-yield"],
+            SCHED_OTHER,
+            15,
+            cores,
+        ),
         (vec!["--index-yield", "false"], SCHED_OTHER, 10, 0),
         (vec!["--index-sched-idle"], SCHED_IDLE, 0, 0),
     ] {

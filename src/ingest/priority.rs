@@ -31,14 +31,14 @@ pub enum IndexPriority {
     /// an equal one; asking for `slice` (the default [`INDEX_SLICE`]; zero: the kernel's
     /// own).
     Nice { nice: i32, slice: Duration },
-    /// The default: the inserts run under SCHED_IDLE while the index keeps up (its lag
-    /// under half its bound, the load state below Warning), and at `Nice { nice, slice }`
-    /// once it falls behind; the workers always at `Nice`. Indexing then takes only the
-    /// cores nothing else wants while it can afford to, and a share of them when ingest
-    /// would otherwise soon wait for it, also when another busy process wants every
-    /// core. A thread cannot leave SCHED_IDLE without privilege, so the two priorities
-    /// are two insert pools (`engram-insert-K` at `Nice`, `engram-yield-K` under
-    /// SCHED_IDLE), and each batch goes to one of them.
+    /// For throughput (`--index-yield`): the inserts run under SCHED_IDLE while the
+    /// index keeps up (its lag under half its bound, the load state below Warning), and
+    /// at `Nice { nice, slice }` once it falls behind; the workers always at `Nice`.
+    /// Indexing then takes only the cores nothing else wants while it can afford to, and
+    /// a share of them when ingest would otherwise soon wait for it, also when another
+    /// busy process wants every core. A thread cannot leave SCHED_IDLE without
+    /// privilege, so the two priorities are two insert pools (`engram-insert-K` at
+    /// `Nice`, `engram-yield-K` under SCHED_IDLE), and each batch goes to one of them.
     Yielding { nice: i32, slice: Duration },
     /// Linux's SCHED_IDLE: a thread that runs only when no normal thread wants its core,
     /// and that a waking normal thread preempts at once. For a machine engram has to
@@ -60,7 +60,7 @@ impl IndexPriority {
 
 impl Default for IndexPriority {
     fn default() -> IndexPriority {
-        IndexPriority::Yielding {
+        IndexPriority::Nice {
             nice: INDEX_NICE_DEFAULT,
             slice: INDEX_SLICE,
         }
