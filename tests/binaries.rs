@@ -222,25 +222,35 @@ fn serve_reads_a_toml_config_file_and_flags_win_over_it() {
 
 /// The scheduling policy and nice value of each of `pid`'s threads whose name starts with
 /// `prefix`, from /proc (stat fields 19 and 41).
-fn thread_priorities(pid: u32, prefix: &str) -> Vec<(String, i64, i64)> {
+/// For each thread of `pid` whose name starts with `prefix`: its name and the contents
+/// of its /proc file `file`. Threads that end meanwhile are left out.
+fn thread_files(pid: u32, prefix: &str, file: &str) -> Vec<(String, String)> {
     let mut found = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let task = task.unwrap().path();
-        let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
+        let (Ok(comm), Ok(contents)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join(file)),
+        ) else {
             continue; // the thread ended
         };
-        let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
-            continue;
-        };
-        if !comm.starts_with(prefix) {
-            continue;
+        if comm.starts_with(prefix) {
+            found.push((comm.trim().to_owned(), contents));
         }
-        // Fields after the parenthesised name, which may hold spaces.
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        let field = |n: usize| fields[n - 3].parse::<i64>().unwrap();
-        found.push((comm.trim().to_owned(), field(41), field(19)));
     }
     found
+}
+
+fn thread_priorities(pid: u32, prefix: &str) -> Vec<(String, i64, i64)> {
+    thread_files(pid, prefix, "stat")
+        .into_iter()
+        .map(|(comm, stat)| {
+            // Fields after the parenthesised name, which may hold spaces.
+            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            let field = |n: usize| fields[n - 3].parse::<i64>().unwrap();
+            (comm, field(41), field(19))
+        })
+        .collect()
 }
 
 /// The index threads of `pid` (workers and insert pool, not the lag gauge), polled until
@@ -337,39 +347,23 @@ fn index_threads_run_below_ingest_at_the_configured_priority() {
 /// The slice, in ns, of each of `pid`'s threads whose name starts with `prefix`, from
 /// /proc (the kernel's scheduler statistics).
 fn thread_slices(pid: u32, prefix: &str) -> Vec<u64> {
-    let mut found = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = task.unwrap().path();
-        let (Ok(comm), Ok(sched)) = (
-            std::fs::read_to_string(task.join("comm")),
-            std::fs::read_to_string(task.join("sched")),
-        ) else {
-            continue; // the thread ended
-        };
-        if !comm.starts_with(prefix) || comm.trim() == "engram-index-la" {
-            continue;
-        }
-        let slice = sched
-            .lines()
-            .find(|l| l.starts_with("se.slice"))
-            .and_then(|l| l.split(':').nth(1))
-            .map(|v| v.trim().parse::<u64>().unwrap())
-            .expect("se.slice in /proc/PID/task/TID/sched");
-        found.push(slice);
-    }
-    found
-}
-
-/// Custom slices for the normal scheduler came with Linux 6.12.
-fn kernel_takes_custom_slices() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>());
-    matches!((parts.next(), parts.next()), (Some(Ok(major)), Some(Ok(minor))) if (major, minor) >= (6, 12))
+    thread_files(pid, prefix, "sched")
+        .into_iter()
+        .filter(|(comm, _)| comm != "engram-index-la")
+        .map(|(_, sched)| {
+            sched
+                .lines()
+                .find(|l| l.starts_with("se.slice"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().parse::<u64>().unwrap())
+                .expect("se.slice in /proc/PID/task/TID/sched")
+        })
+        .collect()
 }
 
 #[test]
 fn index_threads_ask_for_the_configured_slice_and_ingest_keeps_the_kernels() {
-    if !kernel_takes_custom_slices() {
+    if !engram::ingest::priority::kernel_takes_custom_slices().expect("a readable kernel release") {
         eprintln!("skipped: this kernel has no custom slices (Linux 6.12 and later)");
         return;
     }

@@ -129,6 +129,17 @@ pub(crate) fn set_thread_priority(priority: IndexPriority) {
     }
 }
 
+/// Whether this kernel honours a slice asked for a normal thread (Linux 6.12 and later;
+/// before it the kernel ignores one); None if its release cannot be read.
+pub fn kernel_takes_custom_slices() -> Option<bool> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => Some((major, minor) >= (6, 12)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -153,14 +164,8 @@ pub(crate) mod tests {
         Duration::from_nanos(attr.runtime)
     }
 
-    /// Custom slices came with Linux 6.12; before it the kernel ignores them.
     pub(crate) fn kernel_takes_custom_slices() -> bool {
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-        let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>());
-        match (parts.next(), parts.next()) {
-            (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (6, 12),
-            _ => panic!("unreadable kernel release {release:?}"),
-        }
+        super::kernel_takes_custom_slices().expect("a readable kernel release")
     }
 
     #[test]
