@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use engram::index::{IndexParams, SpaceIndexes};
 use engram::ingest::checkpointer::CheckpointPolicy;
-use engram::ingest::priority::IndexPriority;
-use engram::ingest::{IndexWorkers, ServerLoad};
+
+use engram::ingest::{IndexConfig, IndexWorkers, ServerLoad};
 use engram::synthetic::{observation, Distribution};
 use engram::wal::{Entry, Lsn, RecordKind, Wal, WalConfig, WalReader};
 
@@ -96,8 +96,10 @@ fn index_all(
         load,
         policy,
         Lsn::FIRST,
-        IndexPriority::default(),
-        insert_threads,
+        &IndexConfig {
+            insert_threads,
+            ..IndexConfig::default()
+        },
     )
     .unwrap();
     // Polling the watermark: a bench's stopwatch, not a test's synchronisation.

@@ -13,6 +13,7 @@ use cli::serve_config::{apply_config_file, ServeArgs};
 
 use engram::index::IndexParams;
 use engram::ingest::priority::{IndexPriority, INDEX_SLICE_MAX};
+use engram::ingest::workers::INDEX_DEFER_MAX;
 use engram::ingest::{Engine, IndexConfig, IngestLimits};
 use engram::transport::http::Readiness;
 use engram::transport::tls::ServerIdentity;
@@ -174,10 +175,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             && (1..=4096).contains(&args.hnsw_ef_search)
             && args.exact_search_max <= 100_000
             && (0..=19).contains(&args.index_nice)
-            && Duration::from_millis(args.index_slice_ms) <= INDEX_SLICE_MAX,
+            && Duration::from_millis(args.index_slice_ms) <= INDEX_SLICE_MAX
+            && Duration::from_millis(args.index_defer_ms) <= INDEX_DEFER_MAX,
         "index settings out of range: index_workers and index_insert_threads 1..=1024, hnsw_m 2..=256, \
          hnsw_ef_construction and hnsw_ef_search 1..=4096, exact_search_max 0..=100000, \
-         index_nice 0..=19, index_slice_ms 0..=100"
+         index_nice 0..=19, index_slice_ms 0..=100, index_defer_ms 0..=1000"
     );
     let index = IndexConfig {
         workers: args.index_workers.max(1),
@@ -201,6 +203,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         checkpoint_records: args.checkpoint_records,
         checkpoint_interval: Duration::from_secs(args.checkpoint_interval_s),
+        defer: (args.index_defer_ms > 0).then(|| Duration::from_millis(args.index_defer_ms)),
     };
     let metrics = engram::metrics::metrics();
     metrics.set_space_labels_max(args.metrics_spaces_max);

@@ -12,7 +12,7 @@ use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use prometheus::{
-    exponential_buckets, CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts,
+    exponential_buckets, Counter, CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts,
     IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -42,6 +42,7 @@ pub struct Metrics {
     pub index_vectors: IntGaugeVec,
     pub recovery_duration: Gauge,
     pub worker_restarts: IntCounter,
+    pub index_deferred: Counter,
     pub auth_failures: IntCounterVec,
     pub limit_hits: IntCounterVec,
     /// Per worker: its busy nanoseconds at the start of the current utilization window,
@@ -145,6 +146,12 @@ impl Metrics {
         )
         .expect("valid gauge");
         let recovery_duration = registered(&registry, recovery_duration);
+        let index_deferred = Counter::new(
+            "engram_index_deferred_seconds_total",
+            "Seconds the index workers waited for a pause in ingest (--index-defer-ms)",
+        )
+        .expect("valid counter");
+        let index_deferred = registered(&registry, index_deferred);
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(
@@ -217,6 +224,7 @@ impl Metrics {
                 "engram_worker_restarts_total",
                 "Index workers restarted after a panic",
             ),
+            index_deferred,
             auth_failures: counter_vec(
                 "engram_auth_failures_total",
                 "Sessions and requests refused by the auth file: missing_token, invalid_token, \

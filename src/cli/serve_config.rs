@@ -102,6 +102,14 @@ pub struct ServeArgs {
     /// stops indexing, and past the index lag bound ingest with it.
     #[arg(long, env = "ENGRAM_INDEX_SCHED_IDLE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub index_sched_idle: bool,
+    /// For bulk loads: while observations keep arriving (one acknowledged within the last
+    /// MS, 0-1000) and the index lag is under half of `--index-lag-max`, the index waits,
+    /// so ingest has every core. It catches up once the stream pauses or falls half the
+    /// bound behind. Meanwhile recall with read-your-writes scans the unindexed tail, up
+    /// to half the bound, exactly, and so slows. 0 (the default): index as records become
+    /// durable.
+    #[arg(long, env = "ENGRAM_INDEX_DEFER_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub index_defer_ms: u64,
     /// HNSW links per node (M); the bottom layer keeps twice as many.
     #[arg(long, env = "ENGRAM_HNSW_M", default_value_t = engram::index::M_DEFAULT, value_parser = clap::value_parser!(u16).range(2..=256).map(usize::from))]
     pub hnsw_m: usize,
@@ -226,6 +234,7 @@ struct ConfigFile {
     index_slice_ms: Option<u64>,
     index_sched_idle: Option<bool>,
     index_yield: Option<bool>,
+    index_defer_ms: Option<u64>,
     hnsw_m: Option<usize>,
     hnsw_ef_construction: Option<usize>,
     hnsw_ef_search: Option<usize>,
@@ -293,6 +302,7 @@ pub fn apply_config_file(args: &mut ServeArgs, given: &clap::ArgMatches) -> anyh
     fill!(index_slice_ms, anyhow::Ok);
     fill!(index_sched_idle, anyhow::Ok);
     fill!(index_yield, anyhow::Ok);
+    fill!(index_defer_ms, anyhow::Ok);
     fill!(hnsw_m, anyhow::Ok);
     fill!(hnsw_ef_construction, anyhow::Ok);
     fill!(hnsw_ef_search, anyhow::Ok);

@@ -134,8 +134,7 @@ impl Engine {
             load.clone(),
             checkpoints.clone(),
             reader.oldest_lsn(),
-            index.priority,
-            index.insert_threads,
+            &index,
         )
         .map_err(EngineError::Workers)?;
         Ok(Engine {

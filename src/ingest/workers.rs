@@ -34,6 +34,9 @@ use crate::wal::{Lsn, Record, RecordCursor, RecordKind, WalError, WalReader};
 
 /// Records read (of every space) per batch at most.
 const BATCH_RECORDS_MAX: usize = 4096;
+/// The longest quiet spell `--index-defer-ms` takes: a worker told to stop while it
+/// defers notices within one spell.
+pub const INDEX_DEFER_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 /// Inserts in a batch from which they are spread over every core.
 const PARALLEL_INSERTS_MIN: usize = 32;
 
@@ -52,6 +55,10 @@ pub struct IndexConfig {
     pub checkpoint_records: u64,
     /// Time between a worker's checkpoints if anything was inserted; zero: not by time.
     pub checkpoint_interval: std::time::Duration,
+    /// `--index-defer-ms`: while observations keep arriving (one committed within this
+    /// quiet spell) and the index lag is under half its bound, the index waits. None: it
+    /// indexes as records become durable.
+    pub defer: Option<std::time::Duration>,
 }
 
 impl Default for IndexConfig {
@@ -63,6 +70,7 @@ impl Default for IndexConfig {
             params: IndexParams::default(),
             checkpoint_records: super::checkpointer::CHECKPOINT_RECORDS_DEFAULT,
             checkpoint_interval: super::checkpointer::CHECKPOINT_INTERVAL_DEFAULT,
+            defer: None,
         }
     }
 }
@@ -166,12 +174,13 @@ impl IndexWorkers {
         load: Arc<ServerLoad>,
         checkpoints: Arc<CheckpointPolicy>,
         from: Lsn,
-        priority: IndexPriority,
-        insert_threads: usize,
+        config: &IndexConfig,
     ) -> std::io::Result<IndexWorkers> {
         let (stop, _) = watch::channel(false);
         let counters = Arc::new(WorkerCounters::default());
-        let pools = Arc::new(InsertPools::new(priority, insert_threads)?);
+        let priority = config.priority;
+        let pools = Arc::new(InsertPools::new(priority, config.insert_threads)?);
+        let arrivals = Arc::new(Arrivals::new());
         let mut handles = Vec::new();
         for worker in 0..indexes.workers() {
             let cursor = reader.cursor(from);
@@ -191,6 +200,8 @@ impl IndexWorkers {
                 indexes: indexes.clone(),
                 counters: counters.clone(),
                 pools: pools.clone(),
+                defer: config.defer,
+                arrivals: arrivals.clone(),
             };
             handles.push(
                 std::thread::Builder::new()
@@ -221,6 +232,7 @@ impl IndexWorkers {
                     if !go_on {
                         return;
                     }
+                    arrivals.mark();
                 })?,
         );
         Ok(IndexWorkers {
@@ -282,6 +294,42 @@ struct Worker {
     indexes: Arc<SpaceIndexes>,
     counters: Arc<WorkerCounters>,
     pools: Arc<InsertPools>,
+    /// `IndexConfig::defer`.
+    defer: Option<std::time::Duration>,
+    arrivals: Arc<Arrivals>,
+}
+
+/// When the durable log last grew, as the lag thread saw it: what `IndexConfig::defer`
+/// waits on.
+struct Arrivals {
+    epoch: std::time::Instant,
+    /// Nanoseconds from `epoch` to the last growth; u64::MAX: none since the start, so a
+    /// replay after a restart does not wait.
+    last: AtomicU64,
+}
+
+impl Arrivals {
+    fn new() -> Arrivals {
+        Arrivals {
+            epoch: std::time::Instant::now(),
+            last: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn mark(&self) {
+        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        self.last.store(nanos, Ordering::Relaxed);
+    }
+
+    fn since_last(&self) -> std::time::Duration {
+        match self.last.load(Ordering::Relaxed) {
+            u64::MAX => std::time::Duration::MAX,
+            nanos => self
+                .epoch
+                .elapsed()
+                .saturating_sub(std::time::Duration::from_nanos(nanos)),
+        }
+    }
 }
 
 impl Worker {
@@ -309,6 +357,9 @@ impl Worker {
                 }
                 continue;
             };
+            if !batch.is_empty() && !self.defer_to_ingest() {
+                return;
+            }
             let started = std::time::Instant::now();
             let outcome = catch_unwind(AssertUnwindSafe(|| self.index(&batch)));
             let inserted = match outcome {
@@ -386,6 +437,38 @@ impl Worker {
             }
         }
         Ok((self.cursor.next_lsn() > start).then_some(mine))
+    }
+
+    /// With `IndexConfig::defer`, waits while observations keep arriving (one became
+    /// durable within the quiet spell) and the index lag is under half its bound (the lag
+    /// alone would leave the server Normal): a bulk load then has every core for ingest,
+    /// and the index catches up once the stream pauses or falls half the bound behind.
+    /// False when told to stop.
+    fn defer_to_ingest(&self) -> bool {
+        let Some(quiet) = self.defer else {
+            return true;
+        };
+        let started = std::time::Instant::now();
+        let mut deferred = false;
+        loop {
+            let since = self.arrivals.since_last();
+            if since >= quiet || self.lag.load.index_lag_state() != LoadState::Normal {
+                break;
+            }
+            deferred = true;
+            // A poll rather than a timer: the worker thread runs no async runtime, and a
+            // spell is short (at most INDEX_DEFER_MAX).
+            std::thread::sleep(quiet - since);
+            if *self.stop.borrow() {
+                return false;
+            }
+        }
+        if deferred {
+            crate::metrics::metrics()
+                .index_deferred
+                .inc_by(started.elapsed().as_secs_f64());
+        }
+        true
     }
 
     /// Blocks until a record after the cursor is durable; false when told to stop.
@@ -615,6 +698,7 @@ mod tests {
         kernel_takes_custom_slices, own_nice, own_policy, own_slice,
     };
     use crate::ingest::priority::INDEX_SLICE;
+    use std::sync::atomic::AtomicBool;
 
     #[test]
     fn every_thread_of_the_insert_pool_runs_at_the_given_priority() {
@@ -682,5 +766,160 @@ mod tests {
                 assert!(std::ptr::eq(pools.for_lag(&load), &pools.sharing));
             }
         }
+    }
+
+    /// Appends observations `numbers` of one 8-d space in one commit; the last LSN.
+    fn append(wal: &crate::wal::Wal, numbers: std::ops::Range<u64>) -> Lsn {
+        let entries = numbers
+            .map(|n| crate::wal::Entry {
+                kind: RecordKind::Observation,
+                payload: crate::synthetic::observation(
+                    1,
+                    "bulk",
+                    "obs-",
+                    n,
+                    8,
+                    crate::synthetic::Distribution::Uniform,
+                )
+                .to_payload(),
+            })
+            .collect();
+        wal.append_blocking(entries).unwrap().last
+    }
+
+    /// Polls `holds` until it is true; fails the test after `within`.
+    fn wait_until(what: &str, within: std::time::Duration, holds: impl Fn() -> bool) {
+        assert!(became(within, holds), "timed out: {what}");
+    }
+
+    /// Polls `holds` until it is true, for at most `within`; whether it became true.
+    fn became(within: std::time::Duration, holds: impl Fn() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while !holds() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Runs `check` while `stream` streams into `wal`, then stops the stream, also when
+    /// the check fails.
+    fn while_streaming<T>(wal: &crate::wal::Wal, from: u64, check: impl FnOnce() -> T) -> T {
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| stream(wal, from, &stop));
+            let outcome = catch_unwind(AssertUnwindSafe(check));
+            stop.store(true, Ordering::Relaxed);
+            outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// One worker with `--index-defer-ms` at `quiet`, the index lag bound at `lag_max`
+    /// records, started on a fresh log that holds `stored` observations.
+    fn deferring(
+        dir: &std::path::Path,
+        quiet: std::time::Duration,
+        lag_max: u64,
+        stored: u64,
+    ) -> (crate::wal::Wal, Arc<SpaceIndexes>, IndexWorkers) {
+        let wal = crate::wal::Wal::open(dir.join("wal"), Default::default()).unwrap();
+        if stored > 0 {
+            append(&wal, 0..stored);
+        }
+        let indexes = Arc::new(SpaceIndexes::new(crate::index::IndexParams::default(), 1));
+        let checkpoints = Arc::new(CheckpointPolicy {
+            root: dir.join("index"),
+            every_records: 0,
+            every: std::time::Duration::ZERO,
+            truncate: Box::new(|_| Ok(0)),
+            written: Default::default(),
+            failed: Default::default(),
+        });
+        let config = IndexConfig {
+            workers: 1,
+            insert_threads: 1,
+            defer: Some(quiet),
+            ..IndexConfig::default()
+        };
+        let load = Arc::new(ServerLoad::new(u64::MAX, lag_max));
+        let reader = wal.reader();
+        let workers = IndexWorkers::start(
+            &reader,
+            indexes.clone(),
+            load,
+            checkpoints,
+            Lsn::FIRST,
+            &config,
+        )
+        .unwrap();
+        (wal, indexes, workers)
+    }
+
+    /// Streams commits of 16 observations, from `next`, every 2 ms until `stop`.
+    fn stream(wal: &crate::wal::Wal, mut next: u64, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            append(wal, next..next + 16);
+            next += 16;
+            // The stream's pace, not a synchronisation.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn a_deferring_index_waits_while_observations_keep_arriving_and_catches_up_after() {
+        let dir = tempfile::tempdir().unwrap();
+        // A second's quiet spell: a stall of the stream shorter than that on a busy
+        // machine does not end the wait.
+        let quiet = INDEX_DEFER_MAX;
+        let (wal, indexes, _workers) = deferring(dir.path(), quiet, 1 << 40, 16);
+        let indexed = || indexes.worker_progress(0).indexed_lsn();
+        let deferred_before = crate::metrics::metrics().index_deferred.get();
+        // What the log held at the start (a replay after a restart) did not just arrive:
+        // it is indexed at once, well within a quiet spell.
+        let first = wal.durable_lsn();
+        let fast = std::time::Duration::from_millis(900);
+        wait_until("the stored records indexed", fast, || indexed() >= first);
+        let (during, streamed) = while_streaming(&wal, 16, || {
+            let durable = || wal.durable_lsn();
+            let under_way = Lsn(first.0 + 320);
+            wait_until("the stream under way", fast * 10, || durable() >= under_way);
+            let before = indexed();
+            let later = Lsn(durable().0 + 640);
+            wait_until("the stream going on", fast * 10, || durable() >= later);
+            ((before, indexed()), durable())
+        });
+        assert_eq!(
+            during.0, during.1,
+            "the index inserted while observations kept arriving"
+        );
+        assert!(
+            during.1 < streamed,
+            "the index kept up: nothing was deferred"
+        );
+        wait_until("the index caught up after the stream", quiet * 5, || {
+            indexed() >= wal.durable_lsn()
+        });
+        assert!(crate::metrics::metrics().index_deferred.get() >= deferred_before + 0.5);
+    }
+
+    #[test]
+    fn a_deferring_index_goes_on_once_its_lag_reaches_half_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, indexes, _workers) = deferring(dir.path(), INDEX_DEFER_MAX, 400, 0);
+        let indexed = || indexes.worker_progress(0).indexed_lsn();
+        while_streaming(&wal, 0, || {
+            // The lag passes 200 within about 25 ms of the stream: the index must insert
+            // while the stream goes on, long before a quiet second.
+            let within = std::time::Duration::from_secs(10);
+            wait_until("the stream under way", within, || {
+                wal.durable_lsn() >= Lsn(800)
+            });
+            let before = indexed();
+            wait_until("the index inserting during the stream", within, || {
+                indexed() > before
+            });
+        });
     }
 }
