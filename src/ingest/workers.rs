@@ -34,6 +34,9 @@ use crate::wal::{Lsn, Record, RecordCursor, RecordKind, WalError, WalReader};
 
 /// Records read (of every space) per batch at most.
 const BATCH_RECORDS_MAX: usize = 4096;
+/// The same with `--index-defer-ms`: a batch is not interrupted, so a stream that starts
+/// while one is inserted waits for it. This many take some tens of milliseconds at 384-d.
+const DEFERRING_BATCH_RECORDS_MAX: usize = 256;
 /// The longest quiet spell `--index-defer-ms` takes: a worker told to stop while it
 /// defers notices within one spell.
 pub const INDEX_DEFER_MAX: std::time::Duration = std::time::Duration::from_secs(1);
@@ -428,7 +431,11 @@ impl Worker {
     fn read_batch(&mut self) -> Result<Option<Vec<Record>>, WalError> {
         let start = self.cursor.next_lsn();
         let mut mine = Vec::new();
-        for _ in 0..BATCH_RECORDS_MAX {
+        let most = match self.defer {
+            Some(_) => DEFERRING_BATCH_RECORDS_MAX,
+            None => BATCH_RECORDS_MAX,
+        };
+        for _ in 0..most {
             let Some(record) = self.cursor.read_next()? else {
                 break;
             };
