@@ -455,27 +455,23 @@ impl Worker {
         let Some(quiet) = self.defer else {
             return true;
         };
-        let started = std::time::Instant::now();
-        let mut deferred = false;
         loop {
             let since = self.arrivals.since_last();
             if since >= quiet || self.lag.load.index_lag_state() != LoadState::Normal {
-                break;
+                return true;
             }
-            deferred = true;
             // A poll rather than a timer: the worker thread runs no async runtime, and a
-            // spell is short (at most INDEX_DEFER_MAX).
+            // spell is short (at most INDEX_DEFER_MAX). Counted as it goes, so that a
+            // long wait shows while it lasts.
+            let spell = std::time::Instant::now();
             std::thread::sleep(quiet - since);
+            crate::metrics::metrics()
+                .index_deferred
+                .inc_by(spell.elapsed().as_secs_f64());
             if *self.stop.borrow() {
                 return false;
             }
         }
-        if deferred {
-            crate::metrics::metrics()
-                .index_deferred
-                .inc_by(started.elapsed().as_secs_f64());
-        }
-        true
     }
 
     /// Blocks until a record after the cursor is durable; false when told to stop.
