@@ -792,19 +792,11 @@ mod tests {
 
     /// Polls `holds` until it is true; fails the test after `within`.
     fn wait_until(what: &str, within: std::time::Duration, holds: impl Fn() -> bool) {
-        assert!(became(within, holds), "timed out: {what}");
-    }
-
-    /// Polls `holds` until it is true, for at most `within`; whether it became true.
-    fn became(within: std::time::Duration, holds: impl Fn() -> bool) -> bool {
         let deadline = std::time::Instant::now() + within;
         while !holds() {
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        true
     }
 
     /// Runs `check` while `stream` streams into `wal`, then stops the stream, also when
