@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use engram::index::{IndexParams, SpaceIndexes};
 use engram::ingest::checkpointer::CheckpointPolicy;
-
 use engram::ingest::{IndexConfig, IndexWorkers, ServerLoad};
 use engram::synthetic::{observation, Distribution};
 use engram::wal::{Entry, Lsn, RecordKind, Wal, WalConfig, WalReader};

@@ -93,10 +93,11 @@ fn registered<M: prometheus::core::Collector + Clone + 'static>(
     metric
 }
 
-/// Latency buckets from 50 µs to about 13 s, doubling, and one at the 5 ms goal of ack
-/// and recall p99 (docs/performance.md), so that a scrape tells exactly how many missed it.
+/// The goal of ack and recall p99 (docs/performance.md).
 pub const LATENCY_GOAL_SECONDS: f64 = 0.005;
 
+/// Latency buckets from 50 µs to about 13 s, doubling, and one at the goal, so that a
+/// scrape tells exactly how many missed it.
 fn latency_buckets() -> Vec<f64> {
     let mut buckets = exponential_buckets(50e-6, 2.0, 19).expect("valid buckets");
     buckets.push(LATENCY_GOAL_SECONDS);
