@@ -7,6 +7,7 @@ pub mod dedupe;
 pub mod engine;
 pub mod limits;
 pub mod load;
+mod pace;
 pub mod priority;
 pub mod rebuild;
 pub mod spaces;

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use super::checkpointer::{CheckpointPolicy, CheckpointSchedule};
 use super::load::ServerLoad;
+use super::pace::Pace;
 use super::priority::{set_thread_priority, IndexPriority};
 use crate::index::{Admission, IndexError, IndexParams, SpaceIndex, SpaceIndexes};
 use crate::observation::Observation;
@@ -34,9 +35,10 @@ use crate::wal::{Lsn, Record, RecordCursor, RecordKind, WalError, WalReader};
 
 /// Records read (of every space) per batch at most.
 const BATCH_RECORDS_MAX: usize = 4096;
-/// The same with `--index-defer-ms`: a batch is not interrupted, so a stream that starts
-/// while one is inserted waits for it. This many take some tens of milliseconds at 384-d.
-const DEFERRING_BATCH_RECORDS_MAX: usize = 256;
+/// With `--index-defer-ms`, a batch's inserts go in chunks of this many, and the index
+/// may wait for ingest before each: a stream that starts while a chunk is inserted waits
+/// for it, about 20 ms at 384-d on 2 cores.
+const DEFERRING_CHUNK_INSERTS: usize = 64;
 /// The longest quiet spell `--index-defer-ms` takes: a worker told to stop while it
 /// defers notices within one spell.
 pub const INDEX_DEFER_MAX: std::time::Duration = std::time::Duration::from_secs(1);
@@ -144,6 +146,8 @@ pub struct WorkerCounters {
     pub relinked: AtomicU64,
     /// Audits of a space's every link (`SpaceIndex::relink_unreachable`).
     pub audits: AtomicU64,
+    /// Waits for ingest (`IndexConfig::defer`), each until the next look at the pace.
+    pub deferrals: AtomicU64,
 }
 
 /// One observation of a batch to insert: its space's index, its key, its embedding.
@@ -183,7 +187,7 @@ impl IndexWorkers {
         let counters = Arc::new(WorkerCounters::default());
         let priority = config.priority;
         let pools = Arc::new(InsertPools::new(priority, config.insert_threads)?);
-        let arrivals = Arc::new(Arrivals::new());
+        let pace = config.defer.map(|quiet| Arc::new(Pace::new(quiet)));
         let mut handles = Vec::new();
         for worker in 0..indexes.workers() {
             let cursor = reader.cursor(from);
@@ -203,8 +207,7 @@ impl IndexWorkers {
                 indexes: indexes.clone(),
                 counters: counters.clone(),
                 pools: pools.clone(),
-                defer: config.defer,
-                arrivals: arrivals.clone(),
+                pace: pace.clone(),
             };
             handles.push(
                 std::thread::Builder::new()
@@ -221,6 +224,8 @@ impl IndexWorkers {
             load,
         };
         let (mut durable, mut stopped) = (reader.subscribe_durable(), stop.subscribe());
+        let mut arrivals = pace.as_ref().map(|p| p.window(reader.durable_lsn()));
+        let log = reader.clone();
         handles.push(
             std::thread::Builder::new()
                 .name("engram-index-lag".into())
@@ -235,7 +240,9 @@ impl IndexWorkers {
                     if !go_on {
                         return;
                     }
-                    arrivals.mark();
+                    if let (Some(pace), Some(window)) = (&pace, &mut arrivals) {
+                        pace.grew(window, log.durable_lsn());
+                    }
                 })?,
         );
         Ok(IndexWorkers {
@@ -297,42 +304,8 @@ struct Worker {
     indexes: Arc<SpaceIndexes>,
     counters: Arc<WorkerCounters>,
     pools: Arc<InsertPools>,
-    /// `IndexConfig::defer`.
-    defer: Option<std::time::Duration>,
-    arrivals: Arc<Arrivals>,
-}
-
-/// When the durable log last grew, as the lag thread saw it: what `IndexConfig::defer`
-/// waits on.
-struct Arrivals {
-    epoch: std::time::Instant,
-    /// Nanoseconds from `epoch` to the last growth; u64::MAX: none since the start, so a
-    /// replay after a restart does not wait.
-    last: AtomicU64,
-}
-
-impl Arrivals {
-    fn new() -> Arrivals {
-        Arrivals {
-            epoch: std::time::Instant::now(),
-            last: AtomicU64::new(u64::MAX),
-        }
-    }
-
-    fn mark(&self) {
-        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
-        self.last.store(nanos, Ordering::Relaxed);
-    }
-
-    fn since_last(&self) -> std::time::Duration {
-        match self.last.load(Ordering::Relaxed) {
-            u64::MAX => std::time::Duration::MAX,
-            nanos => self
-                .epoch
-                .elapsed()
-                .saturating_sub(std::time::Duration::from_nanos(nanos)),
-        }
-    }
+    /// With `IndexConfig::defer`: when to wait for ingest.
+    pace: Option<Arc<Pace>>,
 }
 
 impl Worker {
@@ -431,11 +404,7 @@ impl Worker {
     fn read_batch(&mut self) -> Result<Option<Vec<Record>>, WalError> {
         let start = self.cursor.next_lsn();
         let mut mine = Vec::new();
-        let most = match self.defer {
-            Some(_) => DEFERRING_BATCH_RECORDS_MAX,
-            None => BATCH_RECORDS_MAX,
-        };
-        for _ in 0..most {
+        for _ in 0..BATCH_RECORDS_MAX {
             let Some(record) = self.cursor.read_next()? else {
                 break;
             };
@@ -446,25 +415,20 @@ impl Worker {
         Ok((self.cursor.next_lsn() > start).then_some(mine))
     }
 
-    /// With `IndexConfig::defer`, waits while observations keep arriving (one became
-    /// durable within the quiet spell) and the index lag is under half its bound (the lag
-    /// alone would leave the server Normal): a bulk load then has every core for ingest,
-    /// and the index catches up once the stream pauses or falls half the bound behind.
-    /// False when told to stop.
+    /// With `IndexConfig::defer`, waits while observations arrive faster than the index
+    /// inserts them and its lag is under half its bound (`pace` says why). False when
+    /// told to stop.
     fn defer_to_ingest(&self) -> bool {
-        let Some(quiet) = self.defer else {
+        let Some(pace) = &self.pace else {
             return true;
         };
-        loop {
-            let since = self.arrivals.since_last();
-            if since >= quiet || self.lag.load.index_lag_state() != LoadState::Normal {
-                return true;
-            }
-            // A poll rather than a timer: the worker thread runs no async runtime, and a
-            // spell is short (at most INDEX_DEFER_MAX). Counted as it goes, so that a
-            // long wait shows while it lasts.
+        while let Some(wait) = pace.wait(self.lag.load.index_lag_state()) {
+            // A sleep rather than a timer: the worker thread runs no async runtime, and a
+            // wait is short (at most INDEX_DEFER_MAX). Counted as it goes, so that a
+            // long deferral shows while it lasts.
+            self.counters.deferrals.fetch_add(1, Ordering::Relaxed);
             let spell = std::time::Instant::now();
-            std::thread::sleep(quiet - since);
+            std::thread::sleep(wait);
             crate::metrics::metrics()
                 .index_deferred
                 .inc_by(spell.elapsed().as_secs_f64());
@@ -472,6 +436,7 @@ impl Worker {
                 return false;
             }
         }
+        true
     }
 
     /// Blocks until a record after the cursor is durable; false when told to stop.
@@ -534,11 +499,26 @@ impl Worker {
             self.counters.inserted.fetch_add(1, Ordering::Relaxed);
             Ok::<(), BatchError>(())
         };
-        if inserts.len() >= PARALLEL_INSERTS_MIN {
-            let pool = self.pools.for_lag(&self.lag.load);
-            pool.install(|| self.insert_spread(&inserts, insert))?;
-        } else {
-            inserts.iter().try_for_each(insert)?;
+        let chunk = match self.pace {
+            Some(_) => DEFERRING_CHUNK_INSERTS,
+            None => inserts.len().max(1),
+        };
+        for (n, chunk) in inserts.chunks(chunk).enumerate() {
+            // Told to stop meanwhile, the worker finishes the batch: its indexed LSN
+            // passes a batch only whole.
+            if n > 0 {
+                self.defer_to_ingest();
+            }
+            if chunk.len() >= PARALLEL_INSERTS_MIN {
+                let started = std::time::Instant::now();
+                let pool = self.pools.for_lag(&self.lag.load);
+                pool.install(|| self.insert_spread(chunk, &insert))?;
+                if let Some(pace) = &self.pace {
+                    pace.inserted(chunk.len(), started.elapsed());
+                }
+            } else {
+                chunk.iter().try_for_each(&insert)?;
+            }
         }
         for (space, count) in per_space(&inserts) {
             if space.audit_due(count as u64) {
@@ -771,9 +751,9 @@ mod tests {
         }
     }
 
-    /// Appends observations `numbers` of one 8-d space in one commit; the last LSN.
-    fn append(wal: &crate::wal::Wal, numbers: std::ops::Range<u64>) -> Lsn {
-        let entries = numbers
+    /// Observations `numbers` of one space at `dim`, as log entries.
+    fn entries(numbers: std::ops::Range<u64>, dim: usize) -> Vec<crate::wal::Entry> {
+        numbers
             .map(|n| crate::wal::Entry {
                 kind: RecordKind::Observation,
                 payload: crate::synthetic::observation(
@@ -781,13 +761,12 @@ mod tests {
                     "bulk",
                     "obs-",
                     n,
-                    8,
+                    dim,
                     crate::synthetic::Distribution::Uniform,
                 )
                 .to_payload(),
             })
-            .collect();
-        wal.append_blocking(entries).unwrap().last
+            .collect()
     }
 
     /// Polls `holds` until it is true; fails the test after `within`.
@@ -799,17 +778,69 @@ mod tests {
         }
     }
 
+    /// How a test streams into the log: `commits` of entries made beforehand (so that
+    /// the stream's pace is the log's, not the making's), one after the other with
+    /// `pause` between them, over and over: a repeat only stores duplicates, which the
+    /// index reads past, but arrives like any other.
+    struct Stream {
+        commits: Vec<Vec<crate::wal::Entry>>,
+        pause: std::time::Duration,
+    }
+
+    impl Stream {
+        /// A flood: 100 commits of `FLOOD_COMMIT` observations from `from` at `DIM`, no
+        /// pause.
+        fn flood(from: u64) -> Stream {
+            let size = FLOOD_COMMIT;
+            Stream {
+                commits: (0..100)
+                    .map(|c| entries(from + c * size..from + (c + 1) * size, DIM))
+                    .collect(),
+                pause: std::time::Duration::ZERO,
+            }
+        }
+
+        /// A trickle: one observation from `from` every 5 ms.
+        fn trickle(from: u64) -> Stream {
+            Stream {
+                commits: (from..from + 1_000)
+                    .map(|n| entries(n..n + 1, DIM))
+                    .collect(),
+                pause: std::time::Duration::from_millis(5),
+            }
+        }
+
+        /// Appends the commits until `stop`.
+        fn run(self, wal: &crate::wal::Wal, stop: &AtomicBool) {
+            for commit in self.commits.iter().cycle() {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                wal.append_blocking(commit.clone()).unwrap();
+                // The stream's pace, not a synchronisation.
+                std::thread::sleep(self.pause);
+            }
+        }
+    }
+
     /// Runs `check` while `stream` streams into `wal`, then stops the stream, also when
     /// the check fails.
-    fn while_streaming<T>(wal: &crate::wal::Wal, from: u64, check: impl FnOnce() -> T) -> T {
+    fn while_streaming<T>(wal: &crate::wal::Wal, stream: Stream, check: impl FnOnce() -> T) -> T {
         let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
-            scope.spawn(|| stream(wal, from, &stop));
+            scope.spawn(|| stream.run(wal, &stop));
             let outcome = catch_unwind(AssertUnwindSafe(check));
             stop.store(true, Ordering::Relaxed);
             outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
     }
+
+    /// The tests' dimension: an insert costs enough that a flood of appends outpaces
+    /// the index on one thread many times over.
+    const DIM: usize = 256;
+    /// Observations to a commit of a flood: commits wait for their sync, and at this
+    /// size a flood still arrives tens of times faster than one thread inserts.
+    const FLOOD_COMMIT: u64 = 64;
 
     /// One worker with `--index-defer-ms` at `quiet`, the index lag bound at `lag_max`
     /// records, started on a fresh log that holds `stored` observations.
@@ -821,7 +852,7 @@ mod tests {
     ) -> (crate::wal::Wal, Arc<SpaceIndexes>, IndexWorkers) {
         let wal = crate::wal::Wal::open(dir.join("wal"), Default::default()).unwrap();
         if stored > 0 {
-            append(&wal, 0..stored);
+            wal.append_blocking(entries(0..stored, DIM)).unwrap();
         }
         let indexes = Arc::new(SpaceIndexes::new(crate::index::IndexParams::default(), 1));
         let checkpoints = Arc::new(CheckpointPolicy {
@@ -852,67 +883,91 @@ mod tests {
         (wal, indexes, workers)
     }
 
-    /// Streams commits of 16 observations, from `next`, every 2 ms until `stop`.
-    fn stream(wal: &crate::wal::Wal, mut next: u64, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
-            append(wal, next..next + 16);
-            next += 16;
-            // The stream's pace, not a synchronisation.
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-    }
+    /// Records the tests' logs hold at the start: indexed in chunks spread over the
+    /// insert threads, they give the worker its insert rate.
+    const STORED: u64 = 256;
 
     #[test]
-    fn a_deferring_index_waits_while_observations_keep_arriving_and_catches_up_after() {
+    fn a_deferring_index_waits_while_a_flood_outpaces_it_and_catches_up_after() {
         let dir = tempfile::tempdir().unwrap();
         // A second's quiet spell: a stall of the stream shorter than that on a busy
         // machine does not end the wait.
         let quiet = INDEX_DEFER_MAX;
-        let (wal, indexes, _workers) = deferring(dir.path(), quiet, 1 << 40, 16);
+        let (wal, indexes, workers) = deferring(dir.path(), quiet, 1 << 40, STORED);
         let indexed = || indexes.worker_progress(0).indexed_lsn();
+        let deferrals = || workers.counters().deferrals.load(Ordering::Relaxed);
         let deferred_before = crate::metrics::metrics().index_deferred.get();
         // What the log held at the start (a replay after a restart) did not just arrive:
         // it is indexed at once, well within a quiet spell.
         let first = wal.durable_lsn();
         let fast = std::time::Duration::from_millis(900);
         wait_until("the stored records indexed", fast, || indexed() >= first);
-        let (during, streamed) = while_streaming(&wal, 16, || {
+        assert_eq!(deferrals(), 0, "the replay waited");
+        let (during, streamed) = while_streaming(&wal, Stream::flood(STORED), || {
             let durable = || wal.durable_lsn();
-            let under_way = Lsn(first.0 + 320);
-            wait_until("the stream under way", fast * 10, || durable() >= under_way);
+            // Until an arrival window is full, the flood's rate is not known, and a
+            // chunk or two go in; then the index waits.
+            wait_until("the index deferring", fast * 10, || deferrals() > 0);
             let before = indexed();
-            let later = Lsn(durable().0 + 640);
-            wait_until("the stream going on", fast * 10, || durable() >= later);
+            let later = Lsn(durable().0 + 40 * FLOOD_COMMIT);
+            wait_until("the flood going on", fast * 10, || durable() >= later);
             ((before, indexed()), durable())
         });
         assert_eq!(
             during.0, during.1,
-            "the index inserted while observations kept arriving"
+            "the index inserted while observations arrived faster than it inserts"
         );
         assert!(
             during.1 < streamed,
             "the index kept up: nothing was deferred"
         );
-        wait_until("the index caught up after the stream", quiet * 5, || {
+        wait_until("the index caught up after the flood", quiet * 30, || {
             indexed() >= wal.durable_lsn()
         });
         assert!(crate::metrics::metrics().index_deferred.get() >= deferred_before + 0.5);
     }
 
     #[test]
-    fn a_deferring_index_goes_on_once_its_lag_reaches_half_its_bound() {
+    fn a_deferring_index_inserts_a_trickle_as_it_arrives() {
         let dir = tempfile::tempdir().unwrap();
-        let (wal, indexes, _workers) = deferring(dir.path(), INDEX_DEFER_MAX, 400, 0);
+        let (wal, indexes, _workers) = deferring(dir.path(), INDEX_DEFER_MAX, 1 << 40, STORED);
         let indexed = || indexes.worker_progress(0).indexed_lsn();
-        while_streaming(&wal, 0, || {
-            // The lag passes 200 within about 25 ms of the stream: the index must insert
-            // while the stream goes on, long before a quiet second.
-            let within = std::time::Duration::from_secs(10);
-            wait_until("the stream under way", within, || {
-                wal.durable_lsn() >= Lsn(800)
+        let within = std::time::Duration::from_secs(10);
+        wait_until("the stored records indexed", within, || {
+            indexed() >= wal.durable_lsn()
+        });
+        // 200 a second, far under what the index inserts: it keeps up during the
+        // trickle, never a quiet second away from it.
+        while_streaming(&wal, Stream::trickle(STORED), || {
+            let under_way = Lsn(STORED + 20);
+            wait_until("the trickle under way", within, || {
+                wal.durable_lsn() >= under_way
             });
             let before = indexed();
-            wait_until("the index inserting during the stream", within, || {
+            wait_until("the trickle indexed as it arrives", within, || {
+                indexed() >= Lsn(before.0 + 20)
+            });
+        });
+    }
+
+    #[test]
+    fn a_deferring_index_goes_on_once_its_lag_reaches_half_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let lag_max = 40 * FLOOD_COMMIT;
+        let (wal, indexes, _workers) = deferring(dir.path(), INDEX_DEFER_MAX, lag_max, STORED);
+        let indexed = || indexes.worker_progress(0).indexed_lsn();
+        let within = std::time::Duration::from_secs(10);
+        wait_until("the stored records indexed", within, || {
+            indexed() >= wal.durable_lsn()
+        });
+        while_streaming(&wal, Stream::flood(STORED), || {
+            // Past half the bound the index must insert while the flood goes on, long
+            // before a quiet second.
+            wait_until("the flood past the bound", within, || {
+                wal.durable_lsn() >= Lsn(STORED + lag_max)
+            });
+            let before = indexed();
+            wait_until("the index inserting during the flood", within, || {
                 indexed() > before
             });
         });

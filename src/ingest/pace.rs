@@ -1,0 +1,229 @@
+//! When the index defers to ingest (`--index-defer-ms`).
+//!
+//! On a machine whose cores ingest needs, an index that cannot keep up with the stream
+//! anyway only slows it by inserting during it: the lag grows either way, and every core
+//! an insert takes is one an acknowledgement waits for. So while observations arrive
+//! faster than the index inserts them, the index waits; it catches up once the stream
+//! pauses or its lag reaches half the bound. At a trickle the index keeps up, and it
+//! inserts as records become durable: deferring there would only keep it behind.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::transport::protocol::LoadState;
+use crate::wal::Lsn;
+
+/// The span over which the arrival rate is measured. At 50K obs/s that is a thousand
+/// records over some tens of group commits.
+const ARRIVAL_WINDOW: Duration = Duration::from_millis(20);
+/// The weight of the newest sample in both rates, moving averages: a few windows or
+/// chunks set a rate, one stall of the stream or one slow chunk does not.
+const NEWEST_WEIGHT: f64 = 0.3;
+
+/// How fast observations arrive and how fast the index inserts them, shared by the lag
+/// thread (which sees the log grow) and the workers (which insert).
+pub(super) struct Pace {
+    /// The quiet spell that ends a stream: with no growth for this long, nothing defers.
+    quiet: Duration,
+    epoch: Instant,
+    /// Nanoseconds from `epoch` to the last growth; u64::MAX: none since the start, so a
+    /// replay after a restart does not wait.
+    last: AtomicU64,
+    /// Records a second the log grew by, a moving average over full windows (f64 bits).
+    arriving: AtomicU64,
+    /// Records a second the index inserted, a moving average over the chunks spread
+    /// over the insert threads (f64 bits); 0: not measured yet, and nothing defers.
+    inserting: AtomicU64,
+}
+
+/// The lag thread's running window of arrivals.
+pub(super) struct ArrivalWindow {
+    started: Duration,
+    from: Lsn,
+}
+
+impl Pace {
+    pub(super) fn new(quiet: Duration) -> Pace {
+        Pace {
+            quiet,
+            epoch: Instant::now(),
+            last: AtomicU64::new(u64::MAX),
+            arriving: AtomicU64::new(0f64.to_bits()),
+            inserting: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+
+    /// A window starting now, at the log's durable LSN `durable`.
+    pub(super) fn window(&self, durable: Lsn) -> ArrivalWindow {
+        ArrivalWindow {
+            started: self.epoch.elapsed(),
+            from: durable,
+        }
+    }
+
+    /// The log grew to `durable`: measures the arrival rate once the window is full. A
+    /// growth after a quiet spell starts a new window and keeps the last rate until it
+    /// is full: a stream that comes back after a pause likely comes back at its pace.
+    pub(super) fn grew(&self, window: &mut ArrivalWindow, durable: Lsn) {
+        let now = self.epoch.elapsed();
+        let since_last = self.since_last();
+        self.last.store(nanos(now), Ordering::Relaxed);
+        if since_last >= self.quiet {
+            *window = self.window(durable);
+            return;
+        }
+        let span = now.saturating_sub(window.started);
+        if span >= ARRIVAL_WINDOW {
+            let rate = durable.0.saturating_sub(window.from.0) as f64 / span.as_secs_f64();
+            average_in(&self.arriving, rate);
+            *window = self.window(durable);
+        }
+    }
+
+    /// The index inserted `inserts` over its threads in `took`.
+    pub(super) fn inserted(&self, inserts: usize, took: Duration) {
+        if inserts == 0 || took.is_zero() {
+            return;
+        }
+        average_in(&self.inserting, inserts as f64 / took.as_secs_f64());
+    }
+
+    /// How long the index should wait before it inserts more, at the lag state `lag`;
+    /// None: insert now.
+    pub(super) fn wait(&self, lag: LoadState) -> Option<Duration> {
+        deferral(
+            self.since_last(),
+            self.quiet,
+            f64::from_bits(self.arriving.load(Ordering::Relaxed)),
+            f64::from_bits(self.inserting.load(Ordering::Relaxed)),
+            lag,
+        )
+    }
+
+    fn since_last(&self) -> Duration {
+        match self.last.load(Ordering::Relaxed) {
+            u64::MAX => Duration::MAX,
+            last => self
+                .epoch
+                .elapsed()
+                .saturating_sub(Duration::from_nanos(last)),
+        }
+    }
+}
+
+/// Moves the average `rate` (f64 bits; 0: none yet) toward `sample`. Each rate has one
+/// writer, so a load and a store do.
+fn average_in(rate: &AtomicU64, sample: f64) {
+    let old = f64::from_bits(rate.load(Ordering::Relaxed));
+    let new = if old == 0.0 {
+        sample
+    } else {
+        old + NEWEST_WEIGHT * (sample - old)
+    };
+    rate.store(new.to_bits(), Ordering::Relaxed);
+}
+
+fn nanos(since_epoch: Duration) -> u64 {
+    u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX - 1)
+}
+
+/// The rule: wait (until the quiet spell would end) while records keep arriving, faster
+/// than the index inserts them, and the lag alone leaves the server Normal (under half
+/// its bound), so that the deferral is bounded like the lag.
+fn deferral(
+    since_last: Duration,
+    quiet: Duration,
+    arriving: f64,
+    inserting: f64,
+    lag: LoadState,
+) -> Option<Duration> {
+    let streaming = since_last < quiet;
+    let outpaced = inserting > 0.0 && arriving > inserting;
+    (streaming && outpaced && lag == LoadState::Normal).then(|| quiet - since_last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUIET: Duration = Duration::from_millis(50);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_index_waits_only_for_a_stream_it_cannot_keep_up_with() {
+        let normal = LoadState::Normal;
+        // A flood: wait until the quiet spell would end.
+        assert_eq!(
+            deferral(ms(10), QUIET, 50_000.0, 3_000.0, normal),
+            Some(ms(40))
+        );
+        // The stream paused for the quiet spell.
+        assert_eq!(deferral(ms(50), QUIET, 50_000.0, 3_000.0, normal), None);
+        assert_eq!(
+            deferral(Duration::MAX, QUIET, 50_000.0, 3_000.0, normal),
+            None
+        );
+        // A trickle the index keeps up with.
+        assert_eq!(deferral(ms(10), QUIET, 200.0, 3_000.0, normal), None);
+        assert_eq!(deferral(ms(10), QUIET, 3_000.0, 3_000.0, normal), None);
+        // The insert rate not yet measured.
+        assert_eq!(deferral(ms(10), QUIET, 50_000.0, 0.0, normal), None);
+        // The lag at half its bound or more.
+        for lag in [
+            LoadState::Warning,
+            LoadState::Critical,
+            LoadState::Overloaded,
+        ] {
+            assert_eq!(
+                deferral(ms(10), QUIET, 50_000.0, 3_000.0, lag),
+                None,
+                "{lag:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_arrival_rate_is_measured_over_full_windows_and_kept_over_a_pause() {
+        let mut pace = Pace::new(QUIET);
+        // Back-dated, so that a window can start before now.
+        pace.epoch = Instant::now().checked_sub(Duration::from_secs(1)).unwrap();
+        let mut window = pace.window(Lsn(0));
+        let arriving = || f64::from_bits(pace.arriving.load(Ordering::Relaxed));
+        // Nothing has arrived: a replay does not wait.
+        pace.inserted(300, ms(100));
+        assert_eq!(pace.wait(LoadState::Normal), None);
+        // A window's growth is counted once it is full (the clock is real: the window is
+        // moved back instead of waiting for it).
+        window.started = pace.epoch.elapsed() - ms(40);
+        pace.last
+            .store(nanos(pace.epoch.elapsed()), Ordering::Relaxed);
+        pace.grew(&mut window, Lsn(2_000));
+        let rate = arriving();
+        assert!((40_000.0..=50_000.0).contains(&rate), "{rate}");
+        assert!(
+            pace.wait(LoadState::Normal).is_some(),
+            "2,000 in 40 ms outpace 3,000/s"
+        );
+        // A growth after a quiet spell (here: the first since the start) starts a new
+        // window and keeps the rate.
+        pace.last.store(u64::MAX, Ordering::Relaxed);
+        pace.grew(&mut window, Lsn(2_001));
+        assert_eq!(window.from, Lsn(2_001));
+        assert_eq!(arriving(), rate);
+    }
+
+    #[test]
+    fn the_insert_rate_is_a_moving_average_of_the_chunks() {
+        let pace = Pace::new(QUIET);
+        let inserting = || f64::from_bits(pace.inserting.load(Ordering::Relaxed));
+        pace.inserted(0, ms(10));
+        assert_eq!(inserting(), 0.0, "an empty chunk measures nothing");
+        pace.inserted(100, ms(100));
+        assert_eq!(inserting(), 1_000.0, "the first chunk sets the rate");
+        pace.inserted(400, ms(100));
+        assert!((inserting() - 1_900.0).abs() < 1e-6, "{}", inserting());
+    }
+}
