@@ -512,7 +512,7 @@ impl Worker {
             if chunk.len() >= PARALLEL_INSERTS_MIN {
                 let started = std::time::Instant::now();
                 let pool = self.pools.for_lag(&self.lag.load);
-                pool.install(|| self.insert_spread(chunk, &insert))?;
+                pool.install(|| self.insert_spread(chunk, insert))?;
                 if let Some(pace) = &self.pace {
                     pace.inserted(chunk.len(), started.elapsed());
                 }
