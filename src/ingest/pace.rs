@@ -17,7 +17,7 @@ use crate::wal::Lsn;
 /// records over some tens of group commits.
 const ARRIVAL_WINDOW: Duration = Duration::from_millis(20);
 /// The weight of the newest sample in both rates, moving averages: a few windows or
-/// chunks set a rate, one stall of the stream or one slow chunk does not.
+/// inserts set a rate, one stall of the stream or one slow insert does not.
 const NEWEST_WEIGHT: f64 = 0.3;
 
 /// How fast observations arrive and how fast the index inserts them, shared by the lag
@@ -31,8 +31,10 @@ pub(super) struct Pace {
     last: AtomicU64,
     /// Records a second the log grew by, a moving average over full windows (f64 bits).
     arriving: AtomicU64,
-    /// Records a second the index inserted, a moving average over the chunks spread
-    /// over the insert threads (f64 bits); 0: not measured yet, and nothing defers.
+    /// Records a second the index inserts, a moving average over the inserts of batches
+    /// spread over the insert threads (f64 bits); 0: not measured yet, and nothing
+    /// defers. A trickle's inserts, one at a time, are not counted: a trickle never
+    /// defers.
     inserting: AtomicU64,
 }
 
@@ -80,7 +82,7 @@ impl Pace {
         }
     }
 
-    /// The index inserted `inserts` over its threads in `took`.
+    /// The index inserted `inserts` in `took`: as many as its threads, each inserting one.
     pub(super) fn inserted(&self, inserts: usize, took: Duration) {
         if inserts == 0 || took.is_zero() {
             return;
@@ -216,13 +218,13 @@ mod tests {
     }
 
     #[test]
-    fn the_insert_rate_is_a_moving_average_of_the_chunks() {
+    fn the_insert_rate_is_a_moving_average() {
         let pace = Pace::new(QUIET);
         let inserting = || f64::from_bits(pace.inserting.load(Ordering::Relaxed));
         pace.inserted(0, ms(10));
-        assert_eq!(inserting(), 0.0, "an empty chunk measures nothing");
+        assert_eq!(inserting(), 0.0, "nothing inserted measures nothing");
         pace.inserted(100, ms(100));
-        assert_eq!(inserting(), 1_000.0, "the first chunk sets the rate");
+        assert_eq!(inserting(), 1_000.0, "the first sample sets the rate");
         pace.inserted(400, ms(100));
         assert!((inserting() - 1_900.0).abs() < 1e-6, "{}", inserting());
     }

@@ -35,10 +35,6 @@ use crate::wal::{Lsn, Record, RecordCursor, RecordKind, WalError, WalReader};
 
 /// Records read (of every space) per batch at most.
 const BATCH_RECORDS_MAX: usize = 4096;
-/// With `--index-defer-ms`, a batch's inserts go in chunks of this many, and the index
-/// may wait for ingest before each: a stream that starts while a chunk is inserted waits
-/// for it, about 20 ms at 384-d on 2 cores.
-const DEFERRING_CHUNK_INSERTS: usize = 64;
 /// The longest quiet spell `--index-defer-ms` takes: a worker told to stop while it
 /// defers notices within one spell.
 pub const INDEX_DEFER_MAX: std::time::Duration = std::time::Duration::from_secs(1);
@@ -493,32 +489,29 @@ impl Worker {
                 }
             }
         }
-        let insert = |(space, key, embedding): &Insert<'_>| {
-            fault::before_insert();
-            space.insert(*key, embedding)?;
-            self.counters.inserted.fetch_add(1, Ordering::Relaxed);
-            Ok::<(), BatchError>(())
-        };
-        let chunk = match self.pace {
-            Some(_) => DEFERRING_CHUNK_INSERTS,
-            None => inserts.len().max(1),
-        };
-        for (n, chunk) in inserts.chunks(chunk).enumerate() {
-            // Told to stop meanwhile, the worker finishes the batch: its indexed LSN
-            // passes a batch only whole.
-            if n > 0 {
+        // With `IndexConfig::defer`, every insert may first wait for ingest: a stream
+        // that starts during a catch-up waits for one insert per thread, not a batch.
+        // Told to stop meanwhile, the worker finishes the batch: its indexed LSN passes
+        // a batch only whole. Spread inserts measure the pool's insert rate.
+        let insert = |threads: Option<usize>| {
+            move |(space, key, embedding): &Insert<'_>| {
                 self.defer_to_ingest();
-            }
-            if chunk.len() >= PARALLEL_INSERTS_MIN {
+                fault::before_insert();
                 let started = std::time::Instant::now();
-                let pool = self.pools.for_lag(&self.lag.load);
-                pool.install(|| self.insert_spread(chunk, insert))?;
-                if let Some(pace) = &self.pace {
-                    pace.inserted(chunk.len(), started.elapsed());
+                space.insert(*key, embedding)?;
+                if let (Some(pace), Some(threads)) = (&self.pace, threads) {
+                    pace.inserted(threads, started.elapsed());
                 }
-            } else {
-                chunk.iter().try_for_each(&insert)?;
+                self.counters.inserted.fetch_add(1, Ordering::Relaxed);
+                Ok::<(), BatchError>(())
             }
+        };
+        if inserts.len() >= PARALLEL_INSERTS_MIN {
+            let pool = self.pools.for_lag(&self.lag.load);
+            let threads = pool.current_num_threads();
+            pool.install(|| self.insert_spread(&inserts, insert(Some(threads))))?;
+        } else {
+            inserts.iter().try_for_each(insert(None))?;
         }
         for (space, count) in per_space(&inserts) {
             if space.audit_due(count as u64) {
@@ -883,8 +876,8 @@ mod tests {
         (wal, indexes, workers)
     }
 
-    /// Records the tests' logs hold at the start: indexed in chunks spread over the
-    /// insert threads, they give the worker its insert rate.
+    /// Records the tests' logs hold at the start: one batch spread over the insert
+    /// threads, which gives the worker its insert rate.
     const STORED: u64 = 256;
 
     #[test]
@@ -905,8 +898,8 @@ mod tests {
         assert_eq!(deferrals(), 0, "the replay waited");
         let (during, streamed) = while_streaming(&wal, Stream::flood(STORED), || {
             let durable = || wal.durable_lsn();
-            // Until an arrival window is full, the flood's rate is not known, and a
-            // chunk or two go in; then the index waits.
+            // Until an arrival window is full, the flood's rate is not known, and some
+            // records go in; then the index waits.
             wait_until("the index deferring", fast * 10, || deferrals() > 0);
             let before = indexed();
             let later = Lsn(durable().0 + 40 * FLOOD_COMMIT);
