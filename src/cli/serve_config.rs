@@ -102,13 +102,13 @@ pub struct ServeArgs {
     /// stops indexing, and past the index lag bound ingest with it.
     #[arg(long, env = "ENGRAM_INDEX_SCHED_IDLE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub index_sched_idle: bool,
-    /// For bulk loads: while observations keep arriving (one acknowledged within the last
-    /// MS, 0-1000) and the index lag is under half of `--index-lag-max`, the index waits,
-    /// so ingest has every core. It catches up once the stream pauses or falls half the
-    /// bound behind. Meanwhile recall with read-your-writes scans the unindexed tail, up
-    /// to half the bound, exactly, and so slows. 0 (the default): index as records become
-    /// durable.
-    #[arg(long, env = "ENGRAM_INDEX_DEFER_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    /// While observations keep arriving (one acknowledged within the last MS, 0-1000)
+    /// faster than the index inserts them, and the index lag is under half of
+    /// `--index-lag-max`, the index waits, so ingest has every core: inserting then would
+    /// not keep up anyway. It catches up once the stream pauses for MS or falls half the
+    /// bound behind. A stream the index keeps up with is indexed as it arrives. 0: index
+    /// as records become durable, whatever the pace.
+    #[arg(long, env = "ENGRAM_INDEX_DEFER_MS", default_value_t = engram::ingest::workers::INDEX_DEFER_DEFAULT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub index_defer_ms: u64,
     /// HNSW links per node (M); the bottom layer keeps twice as many.
     #[arg(long, env = "ENGRAM_HNSW_M", default_value_t = engram::index::M_DEFAULT, value_parser = clap::value_parser!(u16).range(2..=256).map(usize::from))]

@@ -35,6 +35,9 @@ use crate::wal::{Lsn, Record, RecordCursor, RecordKind, WalError, WalReader};
 
 /// Records read (of every space) per batch at most.
 const BATCH_RECORDS_MAX: usize = 4096;
+/// The quiet spell `--index-defer-ms` takes by default: longer than the gaps between
+/// group commits of a stream, short against a human's pause before a recall.
+pub const INDEX_DEFER_DEFAULT: std::time::Duration = std::time::Duration::from_millis(50);
 /// The longest quiet spell `--index-defer-ms` takes: a worker told to stop while it
 /// defers notices within one spell.
 pub const INDEX_DEFER_MAX: std::time::Duration = std::time::Duration::from_secs(1);
@@ -57,8 +60,9 @@ pub struct IndexConfig {
     /// Time between a worker's checkpoints if anything was inserted; zero: not by time.
     pub checkpoint_interval: std::time::Duration,
     /// `--index-defer-ms`: while observations keep arriving (one committed within this
-    /// quiet spell) and the index lag is under half its bound, the index waits. None: it
-    /// indexes as records become durable.
+    /// quiet spell) faster than the index inserts them, and its lag is under half its
+    /// bound, the index waits (`pace` says why). None: it indexes as records become
+    /// durable.
     pub defer: Option<std::time::Duration>,
 }
 
@@ -71,7 +75,7 @@ impl Default for IndexConfig {
             params: IndexParams::default(),
             checkpoint_records: super::checkpointer::CHECKPOINT_RECORDS_DEFAULT,
             checkpoint_interval: super::checkpointer::CHECKPOINT_INTERVAL_DEFAULT,
-            defer: None,
+            defer: Some(INDEX_DEFER_DEFAULT),
         }
     }
 }

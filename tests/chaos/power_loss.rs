@@ -58,7 +58,7 @@ fn index_config() -> IndexConfig {
         },
         checkpoint_records: 40,
         checkpoint_interval: Duration::from_secs(3600),
-        defer: None,
+        defer: Some(engram::ingest::workers::INDEX_DEFER_DEFAULT),
     }
 }
 
