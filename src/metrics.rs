@@ -155,7 +155,7 @@ impl Metrics {
         let recovery_duration = registered(&registry, recovery_duration);
         let index_deferred = Counter::new(
             "engram_index_deferred_seconds_total",
-            "Seconds the index workers waited for a pause in ingest (--index-defer-ms)",
+            "Seconds the index threads waited while a stream outpaced them, summed over the threads (--index-defer-ms)",
         )
         .expect("valid counter");
         let index_deferred = registered(&registry, index_deferred);

@@ -13,12 +13,20 @@ use std::time::{Duration, Instant};
 use crate::transport::protocol::LoadState;
 use crate::wal::Lsn;
 
+/// The index waits only for a stream at least this many times faster than it inserts:
+/// one a little faster leaves ingest cores enough, and an insert rate measured low once
+/// (no inserts measure it again while the index waits) does not stop the index for a
+/// stream it could keep up with.
+const OUTPACED_BY: f64 = 2.0;
 /// The span over which the arrival rate is measured. At 50K obs/s that is a thousand
 /// records over some tens of group commits.
 const ARRIVAL_WINDOW: Duration = Duration::from_millis(20);
-/// The weight of the newest sample in both rates, moving averages: a few windows or
-/// inserts set a rate, one stall of the stream or one slow insert does not.
-const NEWEST_WEIGHT: f64 = 0.3;
+/// The weight of the newest window in the arrival rate, a moving average: a few windows
+/// set it, one stall of the stream does not.
+const NEWEST_WINDOW_WEIGHT: f64 = 0.3;
+/// The weight of the newest insert in the insert rate: inserts vary several-fold in cost
+/// (a node's level, the graph's region), so some tens of them set the rate.
+const NEWEST_INSERT_WEIGHT: f64 = 0.05;
 
 /// How fast observations arrive and how fast the index inserts them, shared by the lag
 /// thread (which sees the log grow) and the workers (which insert).
@@ -31,10 +39,11 @@ pub(super) struct Pace {
     last: AtomicU64,
     /// Records a second the log grew by, a moving average over full windows (f64 bits).
     arriving: AtomicU64,
-    /// Records a second the index inserts, a moving average over the inserts of batches
-    /// spread over the insert threads (f64 bits); 0: not measured yet, and nothing
-    /// defers. A trickle's inserts, one at a time, are not counted: a trickle never
-    /// defers.
+    /// Records a second the index's threads insert when they have the cores: a moving
+    /// average over its inserts of their CPU time (f64 bits); 0: not measured yet, and
+    /// nothing defers. CPU time, not wall time: an insert that waited for a core
+    /// (behind ingest, say) would measure the machine's load, not the index, and the
+    /// estimate is not measured again while the index waits.
     inserting: AtomicU64,
 }
 
@@ -77,17 +86,22 @@ impl Pace {
         let span = now.saturating_sub(window.started);
         if span >= ARRIVAL_WINDOW {
             let rate = durable.0.saturating_sub(window.from.0) as f64 / span.as_secs_f64();
-            average_in(&self.arriving, rate);
+            average_in(&self.arriving, rate, NEWEST_WINDOW_WEIGHT);
             *window = self.window(durable);
         }
     }
 
-    /// The index inserted `inserts` in `took`: as many as its threads, each inserting one.
+    /// The index inserted `inserts` in `took` of CPU time: as many as its threads, each
+    /// inserting one.
     pub(super) fn inserted(&self, inserts: usize, took: Duration) {
         if inserts == 0 || took.is_zero() {
             return;
         }
-        average_in(&self.inserting, inserts as f64 / took.as_secs_f64());
+        average_in(
+            &self.inserting,
+            inserts as f64 / took.as_secs_f64(),
+            NEWEST_INSERT_WEIGHT,
+        );
     }
 
     /// How long the index should wait before it inserts more, at the lag state `lag`;
@@ -113,24 +127,36 @@ impl Pace {
     }
 }
 
-/// Moves the average `rate` (f64 bits; 0: none yet) toward `sample`. Each rate has one
-/// writer, so a load and a store do.
-fn average_in(rate: &AtomicU64, sample: f64) {
+/// Moves the average `rate` (f64 bits; 0: none yet) toward `sample`. A load and a
+/// store: two insert threads racing lose one sample, which an average can spare.
+fn average_in(rate: &AtomicU64, sample: f64, weight: f64) {
     let old = f64::from_bits(rate.load(Ordering::Relaxed));
     let new = if old == 0.0 {
         sample
     } else {
-        old + NEWEST_WEIGHT * (sample - old)
+        old + weight * (sample - old)
     };
     rate.store(new.to_bits(), Ordering::Relaxed);
+}
+
+/// The CPU time the calling thread has used.
+pub(super) fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(status, 0, "the thread's CPU clock is always readable");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 fn nanos(since_epoch: Duration) -> u64 {
     u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX - 1)
 }
 
-/// The rule: wait (until the quiet spell would end) while records keep arriving, faster
-/// than the index inserts them, and the lag alone leaves the server Normal (under half
+/// The rule: wait (until the quiet spell would end) while records keep arriving, well
+/// faster than the index inserts them, and the lag alone leaves the server Normal (under half
 /// its bound), so that the deferral is bounded like the lag.
 fn deferral(
     since_last: Duration,
@@ -140,7 +166,7 @@ fn deferral(
     lag: LoadState,
 ) -> Option<Duration> {
     let streaming = since_last < quiet;
-    let outpaced = inserting > 0.0 && arriving > inserting;
+    let outpaced = inserting > 0.0 && arriving > OUTPACED_BY * inserting;
     (streaming && outpaced && lag == LoadState::Normal).then(|| quiet - since_last)
 }
 
@@ -170,7 +196,11 @@ mod tests {
         );
         // A trickle the index keeps up with.
         assert_eq!(deferral(ms(10), QUIET, 200.0, 3_000.0, normal), None);
-        assert_eq!(deferral(ms(10), QUIET, 3_000.0, 3_000.0, normal), None);
+        assert_eq!(deferral(ms(10), QUIET, 6_000.0, 3_000.0, normal), None);
+        assert_eq!(
+            deferral(ms(10), QUIET, 6_001.0, 3_000.0, normal),
+            Some(ms(40))
+        );
         // The insert rate not yet measured.
         assert_eq!(deferral(ms(10), QUIET, 50_000.0, 0.0, normal), None);
         // The lag at half its bound or more.
@@ -218,6 +248,21 @@ mod tests {
     }
 
     #[test]
+    fn the_thread_cpu_clock_counts_this_threads_work_not_its_sleep() {
+        let start = thread_cpu_time();
+        std::thread::sleep(ms(30));
+        let slept = thread_cpu_time() - start;
+        let mut x = 0u64;
+        let busy = Instant::now();
+        while busy.elapsed() < ms(30) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let worked = thread_cpu_time() - start - slept;
+        assert!(slept < ms(10), "a sleep counted as work: {slept:?}");
+        assert!(worked >= ms(5), "30 ms of spinning counted as {worked:?}");
+    }
+
+    #[test]
     fn the_insert_rate_is_a_moving_average() {
         let pace = Pace::new(QUIET);
         let inserting = || f64::from_bits(pace.inserting.load(Ordering::Relaxed));
@@ -225,7 +270,7 @@ mod tests {
         assert_eq!(inserting(), 0.0, "nothing inserted measures nothing");
         pace.inserted(100, ms(100));
         assert_eq!(inserting(), 1_000.0, "the first sample sets the rate");
-        pace.inserted(400, ms(100));
-        assert!((inserting() - 1_900.0).abs() < 1e-6, "{}", inserting());
+        pace.inserted(2_100, ms(100));
+        assert!((inserting() - 2_000.0).abs() < 1e-6, "{}", inserting());
     }
 }

@@ -496,26 +496,25 @@ impl Worker {
         // With `IndexConfig::defer`, every insert may first wait for ingest: a stream
         // that starts during a catch-up waits for one insert per thread, not a batch.
         // Told to stop meanwhile, the worker finishes the batch: its indexed LSN passes
-        // a batch only whole. Spread inserts measure the pool's insert rate.
-        let insert = |threads: Option<usize>| {
-            move |(space, key, embedding): &Insert<'_>| {
-                self.defer_to_ingest();
-                fault::before_insert();
-                let started = std::time::Instant::now();
-                space.insert(*key, embedding)?;
-                if let (Some(pace), Some(threads)) = (&self.pace, threads) {
-                    pace.inserted(threads, started.elapsed());
-                }
-                self.counters.inserted.fetch_add(1, Ordering::Relaxed);
-                Ok::<(), BatchError>(())
+        // a batch only whole. Each insert's CPU time measures what the pool's threads
+        // insert together, one at a time each, when they have the cores.
+        let threads = self.pools.sharing.current_num_threads();
+        let insert = |(space, key, embedding): &Insert<'_>| {
+            self.defer_to_ingest();
+            fault::before_insert();
+            let started = super::pace::thread_cpu_time();
+            space.insert(*key, embedding)?;
+            if let Some(pace) = &self.pace {
+                pace.inserted(threads, super::pace::thread_cpu_time() - started);
             }
+            self.counters.inserted.fetch_add(1, Ordering::Relaxed);
+            Ok::<(), BatchError>(())
         };
         if inserts.len() >= PARALLEL_INSERTS_MIN {
             let pool = self.pools.for_lag(&self.lag.load);
-            let threads = pool.current_num_threads();
-            pool.install(|| self.insert_spread(&inserts, insert(Some(threads))))?;
+            pool.install(|| self.insert_spread(&inserts, insert))?;
         } else {
-            inserts.iter().try_for_each(insert(None))?;
+            inserts.iter().try_for_each(insert)?;
         }
         for (space, count) in per_space(&inserts) {
             if space.audit_due(count as u64) {
