@@ -3,9 +3,10 @@
 //! On a machine whose cores ingest needs, an index that cannot keep up with the stream
 //! anyway only slows it by inserting during it: the lag grows either way, and every core
 //! an insert takes is one an acknowledgement waits for. So while observations arrive
-//! faster than the index inserts them, the index waits; it catches up once the stream
-//! pauses or its lag reaches half the bound. At a trickle the index keeps up, and it
-//! inserts as records become durable: deferring there would only keep it behind.
+//! well faster than the index inserts them (`OUTPACED_BY`), the index waits; it catches
+//! up once the stream pauses or its lag reaches half the bound. A slower stream the index
+//! keeps up with, or nearly, and it inserts as records become durable: deferring there
+//! would only keep it behind.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -415,14 +415,18 @@ impl Worker {
         Ok((self.cursor.next_lsn() > start).then_some(mine))
     }
 
-    /// With `IndexConfig::defer`, waits while observations arrive faster than the index
-    /// inserts them and its lag is under half its bound (`pace` says why). False when
-    /// told to stop.
+    /// With `IndexConfig::defer`, waits while observations arrive well faster than the
+    /// index inserts them and its lag is under half its bound (`pace` says why). False
+    /// when told to stop.
     fn defer_to_ingest(&self) -> bool {
         let Some(pace) = &self.pace else {
             return true;
         };
         while let Some(wait) = pace.wait(self.lag.load.index_lag_state()) {
+            // Told to stop, the threads inserting a batch go on without waiting.
+            if *self.stop.borrow() {
+                return false;
+            }
             // A sleep rather than a timer: the worker thread runs no async runtime, and a
             // wait is short (at most INDEX_DEFER_MAX). Counted as it goes, so that a
             // long deferral shows while it lasts.
@@ -432,9 +436,6 @@ impl Worker {
             crate::metrics::metrics()
                 .index_deferred
                 .inc_by(spell.elapsed().as_secs_f64());
-            if *self.stop.borrow() {
-                return false;
-            }
         }
         true
     }
