@@ -102,12 +102,12 @@ pub struct ServeArgs {
     /// stops indexing, and past the index lag bound ingest with it.
     #[arg(long, env = "ENGRAM_INDEX_SCHED_IDLE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub index_sched_idle: bool,
-    /// While observations keep arriving (one acknowledged within the last MS, 0-1000)
-    /// faster than the index inserts them, and the index lag is under half of
+    /// While observations keep arriving (one acknowledged within the last MS, 0-1000) at
+    /// over twice the rate the index inserts them, and the index lag is under half of
     /// `--index-lag-max`, the index waits, so ingest has every core: inserting then would
     /// not keep up anyway. It catches up once the stream pauses for MS or falls half the
-    /// bound behind. A stream the index keeps up with is indexed as it arrives. 0: index
-    /// as records become durable, whatever the pace.
+    /// bound behind. A slower stream is indexed as it arrives. 0: index as records become
+    /// durable, whatever the pace.
     #[arg(long, env = "ENGRAM_INDEX_DEFER_MS", default_value_t = engram::ingest::workers::INDEX_DEFER_DEFAULT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub index_defer_ms: u64,
     /// HNSW links per node (M); the bottom layer keeps twice as many.

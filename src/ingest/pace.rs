@@ -157,8 +157,8 @@ fn nanos(since_epoch: Duration) -> u64 {
 }
 
 /// The rule: wait (until the quiet spell would end) while records keep arriving, well
-/// faster than the index inserts them, and the lag alone leaves the server Normal (under half
-/// its bound), so that the deferral is bounded like the lag.
+/// faster than the index inserts them, and the lag alone leaves the server Normal (under
+/// half its bound), so that the deferral is bounded like the lag.
 fn deferral(
     since_last: Duration,
     quiet: Duration,

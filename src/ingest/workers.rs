@@ -225,7 +225,6 @@ impl IndexWorkers {
         };
         let (mut durable, mut stopped) = (reader.subscribe_durable(), stop.subscribe());
         let mut arrivals = pace.as_ref().map(|p| p.window(reader.durable_lsn()));
-        let log = reader.clone();
         handles.push(
             std::thread::Builder::new()
                 .name("engram-index-lag".into())
@@ -241,7 +240,7 @@ impl IndexWorkers {
                         return;
                     }
                     if let (Some(pace), Some(window)) = (&pace, &mut arrivals) {
-                        pace.grew(window, log.durable_lsn());
+                        pace.grew(window, gauge.reader.durable_lsn());
                     }
                 })?,
         );
@@ -503,9 +502,9 @@ impl Worker {
         let insert = |(space, key, embedding): &Insert<'_>| {
             self.defer_to_ingest();
             fault::before_insert();
-            let started = super::pace::thread_cpu_time();
+            let started = self.pace.as_ref().map(|_| super::pace::thread_cpu_time());
             space.insert(*key, embedding)?;
-            if let Some(pace) = &self.pace {
+            if let (Some(pace), Some(started)) = (&self.pace, started) {
                 pace.inserted(threads, super::pace::thread_cpu_time() - started);
             }
             self.counters.inserted.fetch_add(1, Ordering::Relaxed);
